@@ -1,0 +1,177 @@
+"""Plugin contracts. Each plugin kind is a small abstract base; concrete plugins live one per file.
+
+Constructors are keyword-only and typed: the signature is the YAML schema (see ``schema.py``).
+``supplied_by_build`` names constructor arguments that ``build.py`` may fill in itself (for
+example a projector's ``in_features`` when the YAML leaves it out).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from omniplug.types import DecoderInput, DecoderOutput, GenerateOutput, ImageFeatures, LLMOutput
+
+
+class Encoder(nn.Module, ABC):
+    """images -> tokens for the LLM (and dense features when the encoder has them)."""
+
+    supplied_by_build: ClassVar[tuple[str, ...]] = ()
+    out_dim: int
+    num_tokens: int  # tokens per image handed to the input projector
+    freeze: bool = True
+
+    @abstractmethod
+    def preprocess(self, images: list[Image.Image]) -> Tensor: ...
+
+    @abstractmethod
+    def forward(self, pixel_values: Tensor) -> ImageFeatures: ...
+
+
+class Projector(nn.Module, ABC):
+    """Maps features of one width to another; used for input (image->LLM) and output (LLM->decoder)."""
+
+    supplied_by_build: ClassVar[tuple[str, ...]] = ("in_features", "out_features")
+    in_features: int
+    out_features: int
+    freeze: bool = False
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor: ...
+
+
+class Tokenizer(ABC):
+    """Text <-> ids. User text never turns into special tokens (see ``encode(special=False)``)."""
+
+    supplied_by_build: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def add_special_tokens(self, tokens: list[str]) -> list[int]: ...
+
+    @abstractmethod
+    def encode(self, text: str, *, special: bool) -> list[int]:
+        """``special=True`` for omniplug's own template text: task/image tokens become their ids.
+        ``special=False`` for user text: a typed ``<seg>`` stays plain characters."""
+
+    @abstractmethod
+    def decode(self, ids: list[int], *, skip_special: bool = False) -> str: ...
+
+    @abstractmethod
+    def token_id(self, token: str) -> int: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def pad_id(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def eos_id(self) -> int | None: ...
+
+    @property
+    @abstractmethod
+    def bos_id(self) -> int | None: ...
+
+    @property
+    @abstractmethod
+    def special_tokens(self) -> list[str]: ...
+
+    @abstractmethod
+    def save(self, directory: str) -> None: ...
+
+
+class LanguageModel(nn.Module, ABC):
+    """Wraps a causal LM: embeddings in, logits and last hidden states out."""
+
+    supplied_by_build: ClassVar[tuple[str, ...]] = ()
+    hidden_size: int
+    freeze: bool = False
+    lora_enable: bool = False
+
+    @abstractmethod
+    def embed(self, input_ids: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def forward(self, inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor | None = None) -> LLMOutput: ...
+
+    @abstractmethod
+    def generate(self, inputs_embeds: Tensor, attention_mask: Tensor, **options: Any) -> GenerateOutput: ...
+
+    @abstractmethod
+    def resize_token_embeddings(self, size: int) -> None: ...
+
+    @abstractmethod
+    def make_trainable(self, *, full: bool, new_token_ids: list[int]) -> None:
+        """Apply trainability once: ``full`` trains every weight; otherwise LoRA (when enabled)
+        plus the rows of ``new_token_ids`` in the embedding and output layers."""
+
+
+class Decoder(nn.Module, ABC):
+    """One task: knows its trigger token(s), its loss and how to postprocess its outputs.
+
+    A decoder never calls the LLM. ``OneModel`` hands it one prompt per occurrence of its
+    trigger tokens (``DecoderInput``), after the output projector.
+    """
+
+    supplied_by_build: ClassVar[tuple[str, ...]] = ()
+    default_task: ClassVar[str] = "task"
+    default_token: ClassVar[str] = "<task>"
+    #: what kind of outputs postprocess() returns, used to fill ``Response``: masks, images, boxes, actions
+    output_kind: ClassVar[str] = "extra"
+
+    tokens: list[str]  # K trigger tokens; an occurrence is the run tokens[0..K-1]
+    prompt_dim: int  # width the output projector must produce
+    loss_weight: float = 1.0
+    freeze: bool = False
+
+    def set_trainable(self) -> None:
+        """Called once by ``apply_train_mode`` when decoders train; default: every parameter
+        unless ``freeze``. Decoders override to train only their trainable parts."""
+        self.requires_grad_(not self.freeze)
+
+    def prepare_images(self, images: list[Image.Image]) -> Any:
+        """Decoder-specific image preprocessing done at collate time (e.g. SAM's 1024 px)."""
+        return None
+
+    def prepare_target(self, target: Any, image: Image.Image | None) -> Any:
+        """Turn one raw target (e.g. a numpy mask) into what ``loss`` expects."""
+        return target
+
+    @abstractmethod
+    def forward(self, inp: DecoderInput) -> DecoderOutput: ...
+
+    @abstractmethod
+    def loss(self, out: DecoderOutput, targets: list[Any]) -> dict[str, Tensor]: ...
+
+    @abstractmethod
+    def postprocess(self, out: DecoderOutput, inp: DecoderInput) -> list[Any]: ...
+
+
+def count_params(module: nn.Module) -> tuple[int, int]:
+    total = trainable = 0
+    seen: set[int] = set()
+    for p in module.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = p.numel()
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return total, trainable
+
+
+def module_dtype(module: nn.Module) -> str:
+    for p in module.parameters():
+        return str(p.dtype).replace("torch.", "")
+    return "none"
+
+
+def zero_like_loss(ref: Tensor) -> Tensor:
+    return ref.new_zeros(()) if ref.numel() else torch.zeros(())

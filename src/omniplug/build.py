@@ -1,0 +1,105 @@
+"""The ONLY place that turns a Config into modules through the registries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from omniplug.base import Decoder, Encoder, LanguageModel, Projector, Tokenizer
+from omniplug.config import Config, EntryConfig, load_config
+from omniplug.hf import shared_loads
+from omniplug.model import OneModel
+from omniplug.registry import REGISTRIES
+from omniplug.schema import ConfigError, signature_params
+from omniplug.trainability import apply_train_mode
+
+
+def build_entry(entry: EntryConfig, **supplied: Any) -> Any:
+    """Instantiate one catalogue entry; ``supplied`` fills arguments the YAML left out and is
+    checked against values the YAML did give."""
+    cls = REGISTRIES[entry.section].get(entry.type)
+    params = dict(entry.params)
+    accepted = signature_params(cls)
+    for key, value in supplied.items():
+        if key not in accepted:
+            continue
+        if key in params and params[key] != value:
+            raise ConfigError(
+                f"{entry.where}: {key}={params[key]} does not fit the model: it must be {value} here "
+                f"(set {key}: {value}, or remove the key and omniplug infers it)"
+            )
+        params[key] = value
+    try:
+        return cls(**params)
+    except ConfigError as exc:
+        raise ConfigError(f"{entry.where}: {exc}") from None
+
+
+def build_model(config: Config | str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+                load_weights: bool = True) -> OneModel:
+    """Build ``one_model`` from a Config (or a YAML path), apply ``train_mode`` once, and load
+    ``one_model.weights`` when set."""
+    if not isinstance(config, Config):
+        config = load_config(config, overrides)
+    om = config.one_model
+    with shared_loads():
+        tokenizer: Tokenizer = build_entry(config.entry("tokenizer", om.tokenizer, where="one_model.tokenizer"))
+        llm: LanguageModel = build_entry(config.entry("llm", om.llm, where="one_model.llm"))
+        encoder: Encoder | None = None
+        in_projector: Projector | None = None
+        if om.encoder:
+            encoder = build_entry(config.entry("encoder", om.encoder, where="one_model.encoder"))
+            pentry = config.entry("projector", om.in_projector, where="one_model.in_projector")
+            in_projector = build_entry(pentry, in_features=encoder.out_dim, out_features=llm.hidden_size)
+            _check_dims(pentry, in_projector, encoder.out_dim, llm.hidden_size, "encoder", "LLM")
+        decoders: dict[str, Decoder] = {}
+        for task, dentry in config.decoder_entries().items():
+            decoders[task] = build_entry(dentry)
+        _check_tokens(decoders, om.image_token)
+        new_tokens = [om.image_token] + [tok for d in decoders.values() for tok in d.tokens]
+        new_token_ids = tokenizer.add_special_tokens(new_tokens)
+        llm.resize_token_embeddings(len(tokenizer))
+        out_projectors: dict[str, nn.Module] = {}
+        for task, decoder in decoders.items():
+            pentry = config.out_projector_entry(task)
+            if pentry is None:
+                if decoder.prompt_dim != llm.hidden_size:
+                    raise ConfigError(
+                        f"decoder {task!r} expects {decoder.prompt_dim}-d prompts but the LLM is {llm.hidden_size}-d and "
+                        f"one_model.out_projector is not set; add an out projector (e.g. type: mlp)"
+                    )
+                continue
+            proj = build_entry(pentry, in_features=llm.hidden_size, out_features=decoder.prompt_dim)
+            _check_dims(pentry, proj, llm.hidden_size, decoder.prompt_dim, "LLM", f"decoder {task!r}")
+            out_projectors[task] = proj
+    model = OneModel(tokenizer=tokenizer, llm=llm, encoder=encoder, in_projector=in_projector, decoders=decoders,
+                     out_projectors=out_projectors, conv_type=om.conv_type, image_token=om.image_token,
+                     ce_loss_weight=om.ce_loss_weight, decoder_loss_weights=om.decoder_loss_weights)
+    apply_train_mode(model, om.train_mode, new_token_ids=new_token_ids)
+    model.config = config  # type: ignore[assignment]
+    if load_weights and om.weights:
+        from omniplug.weights import load_trainable
+
+        load_trainable(model, om.weights)
+    return model
+
+
+def _check_dims(entry: EntryConfig, proj: Any, in_dim: int, out_dim: int, src: str, dst: str) -> None:
+    if proj.in_features != in_dim or proj.out_features != out_dim:
+        raise ConfigError(
+            f"{entry.where}: projector maps {proj.in_features} -> {proj.out_features} but the {src} gives {in_dim} "
+            f"and the {dst} needs {out_dim}; pick a projector made for these sizes"
+        )
+
+
+def _check_tokens(decoders: dict[str, Decoder], image_token: str) -> None:
+    seen: dict[str, str] = {image_token: "the image placeholder"}
+    for task, d in decoders.items():
+        if not d.tokens:
+            raise ConfigError(f"decoder {task!r} declares no trigger token")
+        for tok in d.tokens:
+            if tok in seen:
+                raise ConfigError(f"token {tok!r} of decoder {task!r} is already used by {seen[tok]}; set a different 'token'")
+            seen[tok] = f"decoder {task!r}"

@@ -1,0 +1,343 @@
+"""Load YAML configs in the seed format into typed values.
+
+OmegaConf is used at the edge only (includes, ``${base_dir}`` interpolation, CLI dotlists); the
+rest of omniplug sees :class:`Config` and the typed sections below. Every problem is reported at
+load time with the file, the entry, the key and what is accepted.
+
+File format::
+
+    includes: [../modules/encoders.yaml, ../modules/llms.yaml]   # relative to this file
+    base_dir: /data
+    encoder:   {clip_encoder: {type: clip, model_name_or_path: ${base_dir}/clip, ...}}
+    projector: {...}  tokenizer: {...}  llm: {...}  decoder: {...}  dataset: {...}
+    one_model: {encoder: clip_encoder, in_projector: ..., tokenizer: ..., llm: ..., ...}
+    trainer:   {lr_sched: linear_warmup_cosine_lr, init_lr: 1e-4, ...}
+    data:      {train: {refcoco_train: 3, reason_train: 1}, eval: [refcoco_val]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from omniplug.registry import REGISTRIES, RegistryError
+from omniplug.schema import ConfigError, check_kwargs
+
+CATALOGUES = ("encoder", "projector", "tokenizer", "llm", "decoder", "dataset")
+_PY_TAG = re.compile(r"!!?python/")
+
+
+@dataclass(frozen=True)
+class EntryConfig:
+    """One named catalogue entry, e.g. ``encoder.clip_encoder``."""
+
+    section: str
+    name: str
+    type: str
+    params: dict[str, Any]
+    source: str  # file that defined it (or "command line")
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}: {self.section}.{self.name}"
+
+
+@dataclass(frozen=True)
+class OneModelConfig:
+    """The ``one_model`` section: which catalogue entries make the model."""
+
+    tokenizer: str
+    llm: str
+    type: str = "one_model"
+    encoder: str | None = None
+    in_projector: str | None = None
+    out_projector: str | dict[str, str] | None = None  # one entry for every decoder, or task -> entry
+    decoder: str | None = None  # a single decoder ...
+    decoders: dict[str, str] | None = None  # ... or task -> entry, e.g. {seg: sam_h, gen: sd15}
+    conv_type: str = "llava_v1"
+    train_mode: Literal[0, 1, 2] = 1  # 0 pretrain in_projector; 1 decoders+out projectors(+LoRA); 2 full
+    ce_loss_weight: float = 1.0
+    decoder_loss_weights: dict[str, float] = field(default_factory=dict)  # task -> weight (default 1)
+    image_token: str = "<image>"
+    weights: str | None = None  # trainable.safetensors (or its directory) loaded after building
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The ``trainer`` section (the seed's keys plus accumulation, clipping and seed)."""
+
+    lr_sched: Literal["linear_warmup_cosine_lr", "linear_warmup_step_lr", "constant"] = "linear_warmup_cosine_lr"
+    init_lr: float = 1e-4
+    min_lr: float = 0.0
+    warmup_lr: float = 1e-6
+    warmup_steps: int = 0
+    lr_decay_rate: float = 0.5  # step schedule: multiply by this every epoch
+    weight_decay: float = 0.0
+    max_epoch: int = 1
+    iters_per_epoch: int = 100
+    batch_size_train: int = 2
+    batch_size_eval: int = 2
+    num_workers: int = 0
+    output_dir: str = "output/run"
+    amp: bool = False
+    bits: int | None = None  # seed key: quantise the LLM for training (QLoRA-style) on CUDA
+    resume_ckpt_path: str | None = None  # a checkpoint dir, or "auto" for the newest complete one
+    evaluate: bool = False  # evaluate only, no training
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    grad_accum_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    seed: int = 42
+    save_every: int = 0  # optimizer steps between checkpoints; 0 = once per epoch
+    log_every: int = 1
+    max_nonfinite_in_row: int = 5
+    eval_max_samples: int | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The ``data`` section: which ``dataset`` entries train (with sampling ratios) and evaluate."""
+
+    train: dict[str, float] = field(default_factory=dict)
+    eval: list[str] = field(default_factory=list)
+    max_length: int = 512
+
+
+@dataclass(frozen=True)
+class Config:
+    """A fully loaded, validated configuration."""
+
+    source: str
+    catalogues: dict[str, dict[str, EntryConfig]]
+    one_model: OneModelConfig
+    trainer: TrainerConfig
+    data: DataConfig
+    resolved: dict[str, Any]  # the fully resolved YAML tree (what gets saved)
+
+    def entry(self, section: str, name: str, *, where: str) -> EntryConfig:
+        entries = self.catalogues.get(section, {})
+        if name not in entries:
+            available = ", ".join(sorted(entries)) or "(none)"
+            raise ConfigError(f"{where}: unknown {section} entry {name!r}; available {section} entries: {available}")
+        return entries[name]
+
+    def decoder_entries(self) -> dict[str, EntryConfig]:
+        """task name -> decoder entry, in config order."""
+        om = self.one_model
+        if om.decoders:
+            return {task: self.entry("decoder", n, where=f"one_model.decoders.{task}") for task, n in om.decoders.items()}
+        if om.decoder:
+            entry = self.entry("decoder", om.decoder, where="one_model.decoder")
+            return {_default_task(entry): entry}
+        return {}
+
+    def out_projector_entry(self, task: str) -> EntryConfig | None:
+        op = self.one_model.out_projector
+        if op is None:
+            return None
+        if isinstance(op, dict):
+            if task not in op:
+                raise ConfigError(f"one_model.out_projector has no entry for task {task!r}; it has {sorted(op)}")
+            return self.entry("projector", op[task], where=f"one_model.out_projector.{task}")
+        return self.entry("projector", op, where="one_model.out_projector")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.resolved, sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fully resolved config (what was really run) to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_yaml())
+        tmp.replace(path)
+        return path
+
+
+def _default_task(entry: EntryConfig) -> str:
+    cls = REGISTRIES["decoder"].get(entry.type)
+    return getattr(cls, "default_task", entry.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``path`` (with its includes), apply ``key=value`` overrides, resolve and validate."""
+    from omniplug.registry import load_builtin_plugins
+
+    load_builtin_plugins()
+    path = Path(path).expanduser().resolve()
+    origins: dict[tuple[str, str], str] = {}
+    tree = _load_with_includes(path, origins, stack=())
+    if overrides:
+        tree = _apply_overrides(tree, list(overrides), origins)
+    resolved = _resolve(tree, path)
+    return _validate(resolved, origins, source=str(path))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    match = _PY_TAG.search(text)
+    if match:
+        line = text.count("\n", 0, match.start()) + 1
+        raise ConfigError(f"{path}:{line}: python object tags ({match.group(0)}...) are refused; configs hold plain data only")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _load_with_includes(path: Path, origins: dict[tuple[str, str], str], stack: tuple[Path, ...]) -> dict[str, Any]:
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise ConfigError(f"include cycle: {chain}")
+    data = _read_yaml(path)
+    includes = data.pop("includes", []) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{path}: 'includes' must be a list of file paths relative to this file")
+    merged: dict[str, Any] = {}
+    for inc in includes:
+        inc_path = (path.parent / inc).resolve()
+        if not inc_path.is_file():
+            raise ConfigError(f"{path}: included file {inc!r} not found (looked for {inc_path})")
+        merged = _merge(merged, _load_with_includes(inc_path, origins, (*stack, path)))
+    _record_origins(data, origins, str(path))
+    return _merge(merged, data)
+
+
+def _record_origins(data: dict[str, Any], origins: dict[tuple[str, str], str], source: str) -> None:
+    for key, value in data.items():
+        origins[(key, "")] = source
+        if key in CATALOGUES and isinstance(value, dict):
+            for name in value:
+                origins[(key, str(name))] = source
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _apply_overrides(tree: dict[str, Any], overrides: list[str], origins: dict[tuple[str, str], str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. trainer.init_lr=2e-5 or base_dir=/mnt)")
+        if _PY_TAG.search(item):
+            raise ConfigError(f"override {item!r}: python object tags are refused")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.create(tree), OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"invalid override in {overrides}: {exc}") from None
+    for item in overrides:
+        parts = item.split("=", 1)[0].split(".")
+        origins[(parts[0], parts[1] if len(parts) > 1 and parts[0] in CATALOGUES else "")] = "command line"
+    return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+
+
+def _resolve(tree: dict[str, Any], path: Path) -> dict[str, Any]:
+    try:
+        cfg = OmegaConf.create(tree)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        msg = str(exc).splitlines()[0]
+        hint = " (set it in the file or on the command line, e.g. base_dir=/data)" if "base_dir" in msg else ""
+        raise ConfigError(f"{path}: cannot resolve interpolation: {msg}{hint}") from None
+
+
+_TOP_LEVEL = {"base_dir", *CATALOGUES, "one_model", "trainer", "data", "infer", "serve", "name", "description"}
+
+
+def _validate(tree: dict[str, Any], origins: dict[tuple[str, str], str], *, source: str) -> Config:
+    for key in tree:
+        if key not in _TOP_LEVEL:
+            where = origins.get((key, ""), source)
+            raise ConfigError(f"{where}: unknown top-level key {key!r}; accepted keys: {', '.join(sorted(_TOP_LEVEL))}")
+
+    catalogues: dict[str, dict[str, EntryConfig]] = {}
+    for section in CATALOGUES:
+        raw = tree.get(section) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{origins.get((section, ''), source)}: section {section!r} must map entry names to settings")
+        entries: dict[str, EntryConfig] = {}
+        for name, settings in raw.items():
+            where_file = origins.get((section, str(name)), source)
+            if not isinstance(settings, dict):
+                raise ConfigError(f"{where_file}: {section}.{name} must be a mapping with a 'type' key")
+            settings = dict(settings)
+            type_ = settings.pop("type", None)
+            if not isinstance(type_, str):
+                raise ConfigError(f"{where_file}: {section}.{name} needs 'type: <alias>'; available: {', '.join(REGISTRIES[section].names())}")
+            entry = EntryConfig(section=section, name=str(name), type=type_, params=settings, source=where_file)
+            try:
+                cls = REGISTRIES[section].get(type_)
+            except RegistryError as exc:
+                raise ConfigError(f"{entry.where}: {exc}") from None
+            check_kwargs(cls, settings, where=entry.where, supplied=frozenset(getattr(cls, "supplied_by_build", ())))
+            entries[str(name)] = entry
+        catalogues[section] = entries
+
+    one_model = _section(tree, "one_model", OneModelConfig, origins, source, required=True)
+    trainer = _section(tree, "trainer", TrainerConfig, origins, source, required=False)
+    data = _section(tree, "data", DataConfig, origins, source, required=False)
+    config = Config(source=source, catalogues=catalogues, one_model=one_model, trainer=trainer, data=data, resolved=tree)
+    _check_references(config)
+    return config
+
+
+def _section(tree, name, cls, origins, source, *, required: bool):
+    raw = tree.get(name)
+    where = f"{origins.get((name, ''), source)}: {name}"
+    if raw is None:
+        if required:
+            raise ConfigError(f"{source}: missing section {name!r}")
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    check_kwargs(cls, raw, where=where)
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_references(config: Config) -> None:
+    om = config.one_model
+    if om.type != "one_model":
+        raise ConfigError(f"one_model.type must be 'one_model', got {om.type!r}")
+    if om.decoder and om.decoders:
+        raise ConfigError("one_model: set either 'decoder' (one) or 'decoders' (a task -> entry mapping), not both")
+    for role, section in (("encoder", "encoder"), ("in_projector", "projector"), ("tokenizer", "tokenizer"), ("llm", "llm")):
+        name = getattr(om, role)
+        if name is not None:
+            config.entry(section, name, where=f"one_model.{role}")
+    if (om.encoder is None) != (om.in_projector is None):
+        raise ConfigError("one_model: 'encoder' and 'in_projector' go together (set both, or neither for a text-only model)")
+    for task in config.decoder_entries():
+        config.out_projector_entry(task)
+    for name in (*config.data.train, *config.data.eval):
+        config.entry("dataset", name, where="data")
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,69 @@
+"""Turning Samples into a Batch for a given OneModel (tokenize, pad, preprocess images/targets)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from omniplug.data.conversation import encode_chat
+from omniplug.data.sample import Sample
+from omniplug.types import Batch
+
+
+class Collator:
+    """Callable collate_fn. ``for_generation`` drops the final assistant turn, appends the
+    assistant prefix and pads on the left, as batched generation needs."""
+
+    def __init__(self, model, *, max_length: int = 512, padding_side: Literal["left", "right"] = "right",
+                 for_generation: bool = False) -> None:
+        self.tokenizer = model.tokenizer
+        self.encoder = model.encoder
+        self.decoders = dict(model.decoders.items())
+        self.conv_type = model.conv_type
+        self.image_token = model.image_token
+        self.tokens_per_image = model.num_image_tokens
+        self.max_length = max_length
+        self.padding_side = "left" if for_generation else padding_side
+        self.for_generation = for_generation
+
+    def __call__(self, samples: list[Sample]) -> Batch:
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        encoded = []
+        for s in samples:
+            turns = s.turns[:-1] if self.for_generation and s.turns and s.turns[-1].role == "assistant" else s.turns
+            enc = encode_chat(self.tokenizer, turns, conv_type=self.conv_type, image_token=self.image_token,
+                              image_tokens_per_image=self.tokens_per_image, add_generation_prompt=self.for_generation)
+            if enc.num_images != len(s.images):
+                raise ValueError(f"sample {s.meta.get('id', '?')}: the conversation places {enc.num_images} image(s) "
+                                 f"but {len(s.images)} were given")
+            if len(enc.input_ids) > self.max_length:
+                raise ValueError(f"sample {s.meta.get('id', '?')}: {len(enc.input_ids)} tokens exceed max_length="
+                                 f"{self.max_length}; shorten the text or raise data.max_length")
+            encoded.append(enc)
+        width = max(len(e.input_ids) for e in encoded)
+        pad = self.tokenizer.pad_id
+        ids = torch.full((len(samples), width), pad, dtype=torch.long)
+        labels = torch.full((len(samples), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(samples), width), dtype=torch.long)
+        for i, e in enumerate(encoded):
+            n = len(e.input_ids)
+            sl = slice(width - n, width) if self.padding_side == "left" else slice(0, n)
+            ids[i, sl] = torch.tensor(e.input_ids)
+            labels[i, sl] = torch.tensor(e.labels)
+            mask[i, sl] = 1
+        images = [im for s in samples for im in s.images]
+        pixel_values = self.encoder.preprocess(images) if images and self.encoder is not None else None
+        first_images = [s.images[0] if s.images else None for s in samples]
+        sizes = [(im.height, im.width) if im is not None else (0, 0) for im in first_images]
+        decoder_pixels = {}
+        targets: dict[str, list] = {}
+        for task, dec in self.decoders.items():
+            if any(im is not None for im in first_images):
+                decoder_pixels[task] = dec.prepare_images([im for im in first_images if im is not None]) \
+                    if all(im is not None for im in first_images) else None
+            targets[task] = [dec.prepare_target(t, first_images[i])
+                             for i, s in enumerate(samples) for t in s.targets.get(task, [])]
+        return Batch(input_ids=ids, attention_mask=mask, labels=None if self.for_generation else labels,
+                     pixel_values=pixel_values, image_sizes=sizes, decoder_pixels=decoder_pixels, targets=targets)

@@ -1,0 +1,1 @@
+"""Task decoders. Each module registers itself with DECODERS."""

@@ -1,0 +1,3 @@
+"""Image encoders. Importing this package registers every built-in encoder."""
+
+from omniplug.encoders import clip, llava_vision  # noqa: F401

@@ -1,0 +1,88 @@
+"""A per-module summary of a built OneModel (what ``omniplug inspect`` prints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omniplug.base import count_params, module_dtype
+
+
+def describe(model) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    om = config.one_model if config is not None else None
+    modules: dict[str, dict[str, Any]] = {}
+
+    def add(role: str, module, entry_name: str | None, section: str) -> None:
+        if module is None:
+            return
+        params, trainable = count_params(module) if hasattr(module, "parameters") else (0, 0)
+        entry = config.catalogues[section].get(entry_name) if config is not None and entry_name else None
+        modules[role] = {
+            "entry": entry_name,
+            "type": entry.type if entry else getattr(module, "plugin_alias", type(module).__name__),
+            "class": f"{type(module).__module__}.{type(module).__qualname__}",
+            "params": params,
+            "trainable_params": trainable,
+            "dtype": module_dtype(module) if hasattr(module, "parameters") else "none",
+        }
+
+    add("encoder", model.encoder, om.encoder if om else None, "encoder")
+    add("in_projector", model.in_projector, om.in_projector if om else None, "projector")
+    tok = model.tokenizer
+    modules["tokenizer"] = {
+        "entry": om.tokenizer if om else None,
+        "type": config.catalogues["tokenizer"][om.tokenizer].type if om else getattr(tok, "plugin_alias", "?"),
+        "class": f"{type(tok.hf).__module__}.{type(tok.hf).__qualname__}" if hasattr(tok, "hf") else type(tok).__name__,
+        "params": 0, "trainable_params": 0, "dtype": "none", "vocab_size": len(tok),
+        "special_tokens": tok.special_tokens,
+    }
+    add("llm", model.llm, om.llm if om else None, "llm")
+    modules["llm"]["hidden_size"] = model.llm.hidden_size
+    modules["llm"]["hf_class"] = type(_unwrap(model.llm.model)).__name__
+    for task, proj in model.out_projectors.items():
+        entry = config.out_projector_entry(task).name if config is not None else None
+        add(f"out_projector.{task}", proj, entry, "projector")
+    for task, dec in model.decoders.items():
+        entry = config.decoder_entries()[task].name if config is not None else None
+        add(f"decoder.{task}", dec, entry, "decoder")
+        modules[f"decoder.{task}"]["tokens"] = list(dec.tokens)
+    if model.encoder is not None:
+        modules["encoder"]["out_dim"] = model.encoder.out_dim
+        modules["encoder"]["tokens_per_image"] = model.encoder.num_tokens
+    if model.in_projector is not None:
+        modules["in_projector"]["shape"] = [model.in_projector.in_features, model.in_projector.out_features]
+    total, trainable = count_params(model)
+    return {
+        "config": config.source if config is not None else None,
+        "train_mode": om.train_mode if om else None,
+        "modules": modules,
+        "total_params": total,
+        "trainable_params": trainable,
+    }
+
+
+def _unwrap(m):
+    base = getattr(m, "base_model", None)
+    inner = getattr(base, "model", None) if base is not None else None
+    return inner if inner is not None else m
+
+
+def format_table(info: dict[str, Any]) -> str:
+    rows = [("module", "entry", "type", "class", "params", "trainable", "dtype")]
+    for role, m in info["modules"].items():
+        rows.append((role, str(m["entry"]), m["type"], m["class"].rsplit(".", 1)[-1], f"{m['params']:,}",
+                     f"{m['trainable_params']:,}", m["dtype"]))
+    rows.append(("total", "", "", "", f"{info['total_params']:,}", f"{info['trainable_params']:,}", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(len(lines) - 1, "  ".join("-" * w for w in widths))
+    extra = []
+    if "encoder" in info["modules"]:
+        e = info["modules"]["encoder"]
+        extra.append(f"encoder: {e['out_dim']}-d, {e['tokens_per_image']} tokens per image")
+    if "in_projector" in info["modules"]:
+        extra.append(f"in_projector: {info['modules']['in_projector']['shape'][0]} -> {info['modules']['in_projector']['shape'][1]}")
+    extra.append(f"llm: hidden {info['modules']['llm']['hidden_size']}, {info['modules']['llm']['hf_class']}; "
+                 f"vocab {info['modules']['tokenizer']['vocab_size']}; train_mode {info['train_mode']}")
+    return "\n".join(lines + [""] + extra)

@@ -1,0 +1,103 @@
+"""Shared behaviour of LLM plugins that wrap a transformers causal LM (composition, no subclassing)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, TrainableTokensConfig, get_peft_model
+from torch import Tensor, nn
+
+from omniplug.base import LanguageModel
+from omniplug.types import GenerateOutput, LLMOutput
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class CausalLMWrapper(LanguageModel):
+    """Holds ``self.model`` (a transformers ``*ForCausalLM``) and the LoRA settings."""
+
+    def __init__(self, *, model: nn.Module, freeze: bool, lora_enable: bool, lora_r: int, lora_alpha: int,
+                 lora_dropout: float, target_modules: list[str] | None) -> None:
+        super().__init__()
+        self.model = model
+        self.freeze = freeze
+        self.lora_enable = lora_enable
+        self.lora_r, self.lora_alpha, self.lora_dropout = lora_r, lora_alpha, lora_dropout
+        self.target_modules = list(target_modules or DEFAULT_LORA_TARGETS)
+        self.hidden_size = int(model.config.hidden_size)
+
+    # --- contract -----------------------------------------------------------------------------
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def forward(self, inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor | None = None) -> LLMOutput:
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True,
+                         use_cache=False)
+        loss = causal_lm_loss(out.logits, labels) if labels is not None else None
+        return LLMOutput(logits=out.logits, hidden_states=out.hidden_states[-1], loss=loss)
+
+    @torch.no_grad()
+    def generate(self, inputs_embeds: Tensor, attention_mask: Tensor, *, max_new_tokens: int = 64,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 eos_token_id: int | None = None, pad_token_id: int = 0, **extra: Any) -> GenerateOutput:
+        options: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=eos_token_id,
+                                       pad_token_id=pad_token_id, **extra)
+        if do_sample:
+            options.update(temperature=temperature, top_p=top_p)
+        else:  # keep greedy decoding free of sampling knobs from the checkpoint's generation_config
+            options.update(temperature=None, top_p=None, top_k=None)
+        seq = self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **options)
+        lengths = torch.full((seq.shape[0],), seq.shape[1], dtype=torch.long, device=seq.device)
+        if eos_token_id is not None:
+            is_eos = seq == eos_token_id
+            has = is_eos.any(dim=1)
+            first = is_eos.float().argmax(dim=1)
+            lengths = torch.where(has, first + 1, lengths)
+        return GenerateOutput(sequences=seq, lengths=lengths)
+
+    def resize_token_embeddings(self, size: int) -> None:
+        if self.model.get_input_embeddings().num_embeddings != size:
+            self.model.resize_token_embeddings(size, mean_resizing=True)
+
+    def make_trainable(self, *, full: bool, new_token_ids: list[int]) -> None:
+        if full:
+            self.model.requires_grad_(True)
+            return
+        self.model.requires_grad_(False)
+        token_targets = self._token_targets(new_token_ids)
+        if self.lora_enable:
+            config = LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                                target_modules=self.target_modules, task_type="CAUSAL_LM",
+                                trainable_token_indices=token_targets or None)
+            self.model = get_peft_model(self.model, config)
+        elif token_targets:
+            config = TrainableTokensConfig(target_modules=list(token_targets), token_indices=new_token_ids)
+            self.model = get_peft_model(self.model, config)
+
+    def _token_targets(self, ids: list[int]) -> dict[str, list[int]]:
+        if not ids:
+            return {}
+        targets = {_short_name(self.model, self.model.get_input_embeddings()): list(ids)}
+        head = self.model.get_output_embeddings()
+        if head is not None and head.weight is not self.model.get_input_embeddings().weight:
+            targets[_short_name(self.model, head)] = list(ids)
+        return targets
+
+
+def _short_name(root: nn.Module, module: nn.Module) -> str:
+    for name, m in root.named_modules():
+        if m is module:
+            return name.rsplit(".", 1)[-1]
+    raise ValueError("module not found in model")
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Next-token cross entropy; positions labelled -100 carry no loss."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    if not (shift_labels != -100).any():
+        return shift_logits.sum() * 0.0
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100)

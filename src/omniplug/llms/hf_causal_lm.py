@@ -1,0 +1,23 @@
+"""LLM ``hf_causal_lm``: any transformers causal LM checkpoint in a local directory."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from transformers import AutoModelForCausalLM
+
+from omniplug.hf import load_pretrained, local_checkpoint
+from omniplug.llms._causal import DTYPES, CausalLMWrapper
+from omniplug.registry import LLMS
+
+
+@LLMS.register("hf_causal_lm")
+class HFCausalLM(CausalLMWrapper):
+    def __init__(self, *, model_name_or_path: str, dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+                 freeze: bool = False, lora_enable: bool = False, lora_r: int = 8, lora_alpha: int = 16,
+                 lora_dropout: float = 0.05, target_modules: list[str] | None = None,
+                 attn_implementation: Literal["eager", "sdpa"] = "sdpa") -> None:
+        path = local_checkpoint(model_name_or_path, what="llm hf_causal_lm")
+        model = load_pretrained(AutoModelForCausalLM, path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+        super().__init__(model=model, freeze=freeze, lora_enable=lora_enable, lora_r=lora_r, lora_alpha=lora_alpha,
+                         lora_dropout=lora_dropout, target_modules=target_modules)

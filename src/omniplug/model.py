@@ -1,0 +1,214 @@
+"""OneModel: splices image tokens into the LLM input, routes task-token hidden states to decoders
+through their output projectors, sums the losses, and generates.
+
+Which hidden state a decoder gets
+---------------------------------
+For every occurrence of a decoder's trigger token(s) in the sequence, the decoder receives the
+LLM's last-layer hidden state **at the trigger token's own position** (the state computed with
+the trigger token as input), not the state of the position that predicted it. Reasons: the
+trigger's own embedding (a trained row) is part of that state; several trigger tokens of
+different decoders, or the K tokens ``<gen_0>..<gen_{K-1}>`` of one decoder, each get a distinct
+state even when their left context is identical; and at inference the same state is obtained by
+one forward pass over prompt + generated answer, exactly as in training (teacher forcing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from omniplug.base import Decoder, Encoder, LanguageModel, Tokenizer
+from omniplug.types import Batch, DecoderInput, DecoderOutput, ImageFeatures, ModelOutput
+
+
+class ShapeError(ValueError):
+    """Inputs whose shapes or counts do not fit together."""
+
+
+@dataclass
+class Generation:
+    """What ``OneModel.generate`` returns for a batch."""
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    decoder_outputs: dict[str, list[list[Any]]] = field(default_factory=dict)  # task -> per sample -> items
+
+
+class OneModel(nn.Module):
+    def __init__(self, *, tokenizer: Tokenizer, llm: LanguageModel, encoder: Encoder | None,
+                 in_projector: nn.Module | None, decoders: dict[str, Decoder], out_projectors: dict[str, nn.Module],
+                 conv_type: str, image_token: str, ce_loss_weight: float = 1.0,
+                 decoder_loss_weights: dict[str, float] | None = None) -> None:
+        super().__init__()
+        if (encoder is None) != (in_projector is None):
+            raise ValueError("encoder and in_projector go together")
+        self.tokenizer = tokenizer
+        self.llm = llm
+        self.encoder = encoder
+        self.in_projector = in_projector
+        self.decoders = nn.ModuleDict(decoders)
+        self.out_projectors = nn.ModuleDict(out_projectors)
+        self.conv_type = conv_type
+        self.image_token = image_token
+        self.image_token_id = tokenizer.token_id(image_token)
+        self.ce_loss_weight = ce_loss_weight
+        self.decoder_loss_weights = dict(decoder_loss_weights or {})
+        self.trigger_ids: dict[str, list[int]] = {t: [tokenizer.token_id(s) for s in d.tokens] for t, d in decoders.items()}
+        unknown = set(self.decoder_loss_weights) - set(decoders)
+        if unknown:
+            raise ValueError(f"decoder_loss_weights names unknown task(s) {sorted(unknown)}; tasks: {sorted(decoders)}")
+
+    # --- images ---------------------------------------------------------------------------------
+    @property
+    def num_image_tokens(self) -> int:
+        return self.encoder.num_tokens if self.encoder is not None else 0
+
+    def encode_images(self, pixel_values: Tensor) -> ImageFeatures:
+        if self.encoder is None:
+            raise ShapeError("this model has no image encoder (one_model.encoder is not set) but images were given")
+        return self.encoder(pixel_values)
+
+    def embed_inputs(self, input_ids: Tensor, pixel_values: Tensor | None) -> tuple[Tensor, ImageFeatures | None]:
+        """Text embeddings with projected image tokens spliced in at the placeholder positions."""
+        embeds = self.llm.embed(input_ids)
+        slots = input_ids == self.image_token_id
+        n_slots = int(slots.sum())
+        if pixel_values is None or pixel_values.shape[0] == 0:
+            if n_slots:
+                raise ShapeError(f"the text has {n_slots} image placeholder token(s) but no image was given")
+            return embeds, None
+        features = self.encode_images(pixel_values)
+        projected = self.in_projector(features.tokens)  # (n_img, N, D)
+        if projected.shape[-1] != embeds.shape[-1]:
+            raise ShapeError(f"in_projector produces width {projected.shape[-1]}, the LLM expects {embeds.shape[-1]}")
+        expected = projected.shape[0] * projected.shape[1]
+        if n_slots != expected:
+            raise ShapeError(
+                f"image placeholder count mismatch: the text has {n_slots} image token positions but "
+                f"{projected.shape[0]} image(s) x {projected.shape[1]} tokens = {expected} were given; "
+                f"each '{self.image_token}' in a prompt stands for one image"
+            )
+        mask = slots.unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(mask, projected.to(embeds.dtype).reshape(-1))
+        return embeds, features
+
+    # --- routing ----------------------------------------------------------------------------------
+    def trigger_occurrences(self, input_ids: Tensor, task: str, *, start: Tensor | None = None,
+                            end: Tensor | None = None, strict: bool = True) -> tuple[Tensor, Tensor]:
+        """(batch_index (M,), positions (M, K)) of every complete run of ``task``'s trigger tokens,
+        ordered by sample then position. ``start``/``end`` (B,) restrict the search window."""
+        ids = self.trigger_ids[task]
+        k = len(ids)
+        b_idx, pos = (input_ids == ids[0]).nonzero(as_tuple=True)
+        keep = torch.ones_like(b_idx, dtype=torch.bool)
+        if start is not None:
+            keep &= pos >= start[b_idx]
+        if end is not None:
+            keep &= pos + k <= end[b_idx]
+        t = input_ids.shape[1]
+        offsets = torch.arange(k, device=input_ids.device)
+        positions = pos.unsqueeze(1) + offsets
+        complete = (positions < t).all(dim=1)
+        safe = positions.clamp(max=t - 1)
+        match = (input_ids[b_idx.unsqueeze(1), safe] == torch.tensor(ids, device=input_ids.device)).all(dim=1)
+        ok = complete & match
+        if strict and bool((keep & ~ok).any()):
+            raise ShapeError(f"task {task!r}: a trigger run is incomplete; expected the {k} tokens {self.decoders[task].tokens} in a row")
+        keep &= ok
+        return b_idx[keep], positions[keep]
+
+    def decoder_input(self, task: str, hidden: Tensor, batch_index: Tensor, positions: Tensor, *,
+                      features: ImageFeatures | None, pixels: Any, image_sizes: list[tuple[int, int]] | None,
+                      batch_size: int) -> DecoderInput:
+        gathered = hidden[batch_index.unsqueeze(1), positions]  # (M, K, H)
+        prompts = self.out_projectors[task](gathered) if task in self.out_projectors else gathered
+        return DecoderInput(prompts=prompts, batch_index=batch_index, batch_size=batch_size, image_features=features,
+                            pixels=pixels, image_sizes=image_sizes)
+
+    # --- training ---------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> ModelOutput:
+        embeds, features = self.embed_inputs(batch.input_ids, batch.pixel_values)
+        out = self.llm(embeds, batch.attention_mask, labels=batch.labels)
+        total = embeds.new_zeros((), dtype=torch.float32)
+        if out.loss is not None:
+            total = total + self.ce_loss_weight * out.loss
+        decoder_losses: dict[str, Tensor] = {}
+        decoder_outputs: dict[str, DecoderOutput] = {}
+        for task, decoder in self.decoders.items():
+            b_idx, pos = self.trigger_occurrences(batch.input_ids, task)
+            targets = batch.targets.get(task, [])
+            if len(targets) != len(b_idx):
+                raise ShapeError(f"task {task!r}: {len(b_idx)} trigger occurrence(s) in the batch but {len(targets)} target(s)")
+            if len(b_idx) == 0:
+                continue
+            inp = self.decoder_input(task, out.hidden_states, b_idx, pos, features=features,
+                                     pixels=batch.decoder_pixels.get(task), image_sizes=batch.image_sizes,
+                                     batch_size=batch.input_ids.shape[0])
+            dec_out = decoder(inp)
+            decoder_outputs[task] = dec_out
+            weight = self.decoder_loss_weights.get(task, 1.0)
+            for name, value in decoder.loss(dec_out, targets).items():
+                decoder_losses[f"{task}/{name}"] = weight * value
+                total = total + weight * value
+        return ModelOutput(loss=total, lm_loss=out.loss, decoder_losses=decoder_losses, logits=out.logits,
+                           decoder_outputs=decoder_outputs)
+
+    # --- inference --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, batch: Batch, *, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0, max_task_tokens: int = 16) -> Generation:
+        """Answer a left-padded batch of prompts; run every decoder whose trigger tokens appear in
+        the answer (at most ``max_task_tokens`` occurrences per task and sample)."""
+        if batch.input_ids.shape[1] and bool((batch.attention_mask[:, -1] == 0).any()):
+            raise ShapeError("generate() needs left-padded prompts (collate with padding_side='left')")
+        embeds, features = self.embed_inputs(batch.input_ids, batch.pixel_values)
+        gen = self.llm.generate(embeds, batch.attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                temperature=temperature, top_p=top_p, eos_token_id=self.tokenizer.eos_id,
+                                pad_token_id=self.tokenizer.pad_id)
+        new_ids, lengths = gen.sequences, gen.lengths
+        bsz, prompt_len = batch.input_ids.shape
+        texts, id_lists = [], []
+        for i in range(bsz):
+            ids = new_ids[i, : int(lengths[i])].tolist()
+            if ids and ids[-1] == self.tokenizer.eos_id:
+                ids = ids[:-1]
+            id_lists.append(ids)
+            texts.append(self.tokenizer.decode(ids, skip_special=False).strip())
+        result = Generation(texts=texts, token_ids=id_lists)
+        if not self.decoders or new_ids.shape[1] == 0:
+            return result
+        full_ids = torch.cat([batch.input_ids, new_ids], dim=1)
+        arange = torch.arange(new_ids.shape[1], device=new_ids.device)
+        new_mask = (arange.unsqueeze(0) < lengths.unsqueeze(1)).to(batch.attention_mask.dtype)
+        full_mask = torch.cat([batch.attention_mask, new_mask], dim=1)
+        full_embeds = torch.cat([embeds, self.llm.embed(new_ids)], dim=1)
+        hidden = self.llm(full_embeds, full_mask).hidden_states
+        start = torch.full((bsz,), prompt_len, device=full_ids.device)
+        end = prompt_len + lengths
+        for task, decoder in self.decoders.items():
+            b_idx, pos = self.trigger_occurrences(full_ids, task, start=start, end=end, strict=False)
+            b_idx, pos = _cap_per_sample(b_idx, pos, max_task_tokens)
+            per_sample: list[list[Any]] = [[] for _ in range(bsz)]
+            if len(b_idx):
+                inp = self.decoder_input(task, hidden, b_idx, pos, features=features,
+                                         pixels=batch.decoder_pixels.get(task), image_sizes=batch.image_sizes,
+                                         batch_size=bsz)
+                items = decoder.postprocess(decoder(inp), inp)
+                for b, item in zip(b_idx.tolist(), items):
+                    per_sample[b].append(item)
+            result.decoder_outputs[task] = per_sample
+        return result
+
+
+def _cap_per_sample(b_idx: Tensor, pos: Tensor, cap: int) -> tuple[Tensor, Tensor]:
+    if len(b_idx) == 0:
+        return b_idx, pos
+    keep = torch.zeros_like(b_idx, dtype=torch.bool)
+    counts: dict[int, int] = {}
+    for i, b in enumerate(b_idx.tolist()):
+        counts[b] = counts.get(b, 0) + 1
+        keep[i] = counts[b] <= cap
+    return b_idx[keep], pos[keep]

@@ -1,0 +1,3 @@
+"""Tokenizers."""
+
+from omniplug.tokenizers import hf  # noqa: F401

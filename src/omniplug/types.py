@@ -1,0 +1,126 @@
+"""Typed values passed between stages. No tuples, no dict soup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ImageFeatures:
+    """What an encoder produces for a batch of images."""
+
+    tokens: Tensor  # (num_images, num_tokens, dim): what the input projector sees
+    dense: Tensor | None = None  # (num_images, dim, h, w) feature map, when the encoder has one
+
+
+@dataclass
+class LLMOutput:
+    logits: Tensor  # (B, T, vocab)
+    hidden_states: Tensor  # (B, T, hidden): last layer
+    loss: Tensor | None = None
+
+
+@dataclass
+class GenerateOutput:
+    sequences: Tensor  # (B, T_new): generated ids only, padded with pad id
+    lengths: Tensor  # (B,): number of real generated ids per row
+
+
+@dataclass
+class DecoderInput:
+    """Everything a decoder gets: one prompt per task-token occurrence, in reading order.
+
+    ``prompts[i]`` came from sample ``batch_index[i]``; occurrences of one sample keep the order
+    in which their trigger tokens appear in the text.
+    """
+
+    prompts: Tensor  # (M, K, D): M occurrences, K trigger tokens per occurrence, D prompt dim
+    batch_index: Tensor  # (M,) long
+    batch_size: int
+    image_features: ImageFeatures | None = None  # the shared encoder's output for the batch
+    pixels: Any = None  # the decoder's own prepared images (see Decoder.prepare_images), per sample
+    image_sizes: list[tuple[int, int]] | None = None  # original (height, width) per sample
+
+
+@dataclass
+class DecoderOutput:
+    """Base for decoder outputs; each decoder defines its own subclass."""
+
+    batch_index: Tensor  # (M,)
+
+
+@dataclass
+class ModelOutput:
+    loss: Tensor
+    lm_loss: Tensor | None
+    decoder_losses: dict[str, Tensor] = field(default_factory=dict)  # "seg/bce" -> value (weighted)
+    logits: Tensor | None = None
+    decoder_outputs: dict[str, DecoderOutput] = field(default_factory=dict)
+
+    def scalars(self) -> dict[str, float]:
+        out = {"loss": float(self.loss.detach())}
+        if self.lm_loss is not None:
+            out["lm_loss"] = float(self.lm_loss.detach())
+        out.update({k: float(v.detach()) for k, v in self.decoder_losses.items()})
+        return out
+
+
+@dataclass
+class Batch:
+    """A collated batch. Built by ``omniplug.data.collate``; consumed by ``OneModel``.
+
+    ``targets[task]`` lists one target per trigger occurrence, flattened in batch order then text
+    order, so that it lines up with ``DecoderInput.prompts``.
+    """
+
+    input_ids: Tensor  # (B, T)
+    attention_mask: Tensor  # (B, T)
+    labels: Tensor | None = None  # (B, T), -100 where no loss
+    pixel_values: Tensor | None = None  # (num_images, C, H, W) for the shared encoder
+    image_sizes: list[tuple[int, int]] | None = None
+    decoder_pixels: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, list[Any]] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        def move(x: Any) -> Any:
+            if isinstance(x, Tensor):
+                return x.to(device)
+            if isinstance(x, list):
+                return [move(v) for v in x]
+            if isinstance(x, dict):
+                return {k: move(v) for k, v in x.items()}
+            return x
+
+        return Batch(
+            input_ids=move(self.input_ids),
+            attention_mask=move(self.attention_mask),
+            labels=move(self.labels),
+            pixel_values=move(self.pixel_values),
+            image_sizes=self.image_sizes,
+            decoder_pixels=move(self.decoder_pixels),
+            targets=move(self.targets),
+        )
+
+
+@dataclass
+class Mask:
+    mask: Any  # numpy bool array (H, W)
+    score: float
+    label: str | None = None
+
+
+@dataclass
+class Response:
+    """The one typed answer to an inference request."""
+
+    text: str
+    masks: list[Mask] = field(default_factory=list)
+    images: list[Any] = field(default_factory=list)  # PIL images
+    boxes: list[Any] = field(default_factory=list)
+    actions: list[Any] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, list[Any]] = field(default_factory=dict)  # outputs of decoders of other kinds
