@@ -144,13 +144,18 @@ def write_all(out: str | Path) -> dict[str, Path]:
     (out / "catalogue.yaml").write_text(CATALOGUE.format(base_dir=out))
     (out / "composed.yaml").write_text(COMPOSED.format(name=out / "composed.yaml"))
     (out / "llava.yaml").write_text(LLAVA)
+    import importlib
+
+    for module in _WRITER_MODULES:
+        importlib.import_module(module)
     for extra in _EXTRA_WRITERS:
         paths.update(extra(out))
     paths.update({"catalogue": out / "catalogue.yaml", "composed": out / "composed.yaml", "llava_config": out / "llava.yaml"})
     return paths
 
 
-#: other tasks (segmentation, generation, ...) append writers here: fn(out_dir) -> {name: path}
+#: modules that register extra writers (segmentation, generation, ...): fn(out_dir) -> {name: path}
+_WRITER_MODULES: tuple[str, ...] = ()
 _EXTRA_WRITERS: list = []
 
 
