@@ -34,6 +34,21 @@ CATALOGUES = ("encoder", "projector", "tokenizer", "llm", "decoder", "dataset")
 _PY_TAG = re.compile(r"!!?python/")
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML plus floats written without a dot (``1e-4``), as configs in this field do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
 @dataclass(frozen=True)
 class EntryConfig:
     """One named catalogue entry, e.g. ``encoder.clip_encoder``."""
@@ -98,6 +113,9 @@ class TrainerConfig:
     log_every: int = 1
     max_nonfinite_in_row: int = 5
     eval_max_samples: int | None = None
+    keep_last_checkpoints: int = 3  # complete checkpoints kept in output_dir/checkpoints (older ones are deleted)
+    ddp_find_unused_parameters: bool = True  # decoders absent from a batch leave parameters without gradients
+    zero_stage: Literal[0, 1, 2, 3] | None = None  # DeepSpeed ZeRO stage via accelerate; None = plain DDP
 
 
 @dataclass(frozen=True)
@@ -191,7 +209,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         line = text.count("\n", 0, match.start()) + 1
         raise ConfigError(f"{path}:{line}: python object tags ({match.group(0)}...) are refused; configs hold plain data only")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if data is None:

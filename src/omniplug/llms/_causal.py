@@ -59,8 +59,22 @@ class CausalLMWrapper(LanguageModel):
         return GenerateOutput(sequences=seq, lengths=lengths)
 
     def resize_token_embeddings(self, size: int) -> None:
-        if self.model.get_input_embeddings().num_embeddings != size:
-            self.model.resize_token_embeddings(size, mean_resizing=True)
+        """Grow (or shrink) the vocabulary. New rows start at the old rows' mean plus small noise from a
+        fixed-seed generator, so building the same config twice gives the same frozen weights (the
+        trained part of new rows is saved separately, see ``make_trainable``)."""
+        old = self.model.get_input_embeddings().num_embeddings
+        if old == size:
+            return
+        self.model.resize_token_embeddings(size, mean_resizing=False)
+        if size > old:
+            generator = torch.Generator().manual_seed(0)
+            layers = [self.model.get_input_embeddings(), self.model.get_output_embeddings()]
+            with torch.no_grad():
+                for layer in {id(m): m for m in layers if m is not None}.values():
+                    weight = layer.weight
+                    base = weight[:old].float()
+                    noise = torch.randn((size - old, weight.shape[1]), generator=generator)
+                    weight[old:] = (base.mean(0) + 0.5 * base.std(0) * noise).to(weight.dtype)
 
     def make_trainable(self, *, full: bool, new_token_ids: list[int]) -> None:
         if full:
