@@ -106,6 +106,9 @@ class LanguageModel(nn.Module, ABC):
     @abstractmethod
     def resize_token_embeddings(self, size: int) -> None: ...
 
+    def quantize_weights(self) -> None:
+        """Quantise weights that must be quantised after loading (CPU back ends); default: nothing."""
+
     @abstractmethod
     def make_trainable(self, *, full: bool, new_token_ids: list[int]) -> None:
         """Apply trainability once: ``full`` trains every weight; otherwise LoRA (when enabled)
@@ -129,6 +132,14 @@ class Decoder(nn.Module, ABC):
     prompt_dim: int  # width the output projector must produce
     loss_weight: float = 1.0
     freeze: bool = False
+    #: False for decoders that ignore ``DecoderInput.prompts`` (no output projector is built for them)
+    reads_prompts: ClassVar[bool] = True
+    #: tokens added to the tokenizer besides the triggers (e.g. action tokens the LM head predicts)
+    extra_tokens: tuple[str, ...] | list[str] = ()
+    #: text decoders: how many answer tokens after each trigger run the decoder reads. When > 0,
+    #: ``DecoderInput.answer_ids``/``answer_logits`` hold them and the collator writes
+    #: ``answer_text(target)`` after each trigger of a training answer.
+    answer_length: int = 0
 
     def set_trainable(self) -> None:
         """Called once by ``apply_train_mode`` when decoders train; default: every parameter
@@ -142,6 +153,14 @@ class Decoder(nn.Module, ABC):
     def prepare_target(self, target: Any, image: Image.Image | None) -> Any:
         """Turn one raw target (e.g. a numpy mask) into what ``loss`` expects."""
         return target
+
+    def bind_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Called once by ``build_model`` after the triggers and ``extra_tokens`` were added; text
+        decoders look up the ids of the tokens they read and write here."""
+
+    def answer_text(self, target: Any) -> str:
+        """Text decoders: the text that follows the trigger tokens in a training answer for ``target``."""
+        return ""
 
     @abstractmethod
     def forward(self, inp: DecoderInput) -> DecoderOutput: ...

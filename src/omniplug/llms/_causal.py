@@ -12,6 +12,24 @@ from torch import Tensor, nn
 from omniplug.base import LanguageModel
 from omniplug.types import GenerateOutput, LLMOutput
 
+
+def quant_settings(*, bits: int | None, load_in_8bit: bool, quant_backend: str, what: str) -> tuple[int | None, str, dict]:
+    """Resolve the seed's ``load_in_8bit`` / ``bits`` keys into (bits, backend, from_pretrained kwargs)."""
+    from omniplug.quant import bnb_config, resolve_backend
+
+    if load_in_8bit:
+        if bits not in (None, 8):
+            raise ValueError(f"{what}: load_in_8bit: true contradicts bits: {bits}")
+        bits = 8
+    if bits is None:
+        return None, "none", {}
+    backend = resolve_backend(quant_backend)  # type: ignore[arg-type]
+    if backend == "bitsandbytes":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what}: quant_backend bitsandbytes needs a CUDA GPU; on CPU use quant_backend: quanto")
+        return bits, backend, {"quantization_config": bnb_config(bits), "device_map": {"": 0}}
+    return bits, backend, {}
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -20,9 +38,12 @@ class CausalLMWrapper(LanguageModel):
     """Holds ``self.model`` (a transformers ``*ForCausalLM``) and the LoRA settings."""
 
     def __init__(self, *, model: nn.Module, freeze: bool, lora_enable: bool, lora_r: int, lora_alpha: int,
-                 lora_dropout: float, target_modules: list[str] | None) -> None:
+                 lora_dropout: float, target_modules: list[str] | None, bits: int | None = None,
+                 quant_backend: str = "quanto") -> None:
         super().__init__()
         self.model = model
+        self.bits = bits
+        self.quant_backend = quant_backend
         self.freeze = freeze
         self.lora_enable = lora_enable
         self.lora_r, self.lora_alpha, self.lora_dropout = lora_r, lora_alpha, lora_dropout
@@ -90,6 +111,13 @@ class CausalLMWrapper(LanguageModel):
         elif token_targets:
             config = TrainableTokensConfig(target_modules=list(token_targets), token_indices=new_token_ids)
             self.model = get_peft_model(self.model, config)
+
+    def quantize_weights(self) -> None:
+        """CPU backends quantise here, once the weights are final (bitsandbytes did it while loading)."""
+        if self.bits and self.quant_backend == "quanto":
+            from omniplug.quant import quanto_quantize
+
+            quanto_quantize(self.model, self.bits)
 
     def _token_targets(self, ids: list[int]) -> dict[str, list[int]]:
         if not ids:

@@ -7,7 +7,7 @@ from typing import Literal
 from transformers import AutoModelForCausalLM
 
 from omniplug.hf import load_pretrained, local_checkpoint
-from omniplug.llms._causal import DTYPES, CausalLMWrapper
+from omniplug.llms._causal import DTYPES, CausalLMWrapper, quant_settings
 from omniplug.registry import LLMS
 
 
@@ -16,8 +16,13 @@ class HFCausalLM(CausalLMWrapper):
     def __init__(self, *, model_name_or_path: str, dtype: Literal["float32", "bfloat16", "float16"] = "float32",
                  freeze: bool = False, lora_enable: bool = False, lora_r: int = 8, lora_alpha: int = 16,
                  lora_dropout: float = 0.05, target_modules: list[str] | None = None,
+                 bits: Literal[4, 8] | None = None, load_in_8bit: bool = False,
+                 quant_backend: Literal["auto", "bitsandbytes", "quanto"] = "auto",
                  attn_implementation: Literal["eager", "sdpa"] = "sdpa") -> None:
         path = local_checkpoint(model_name_or_path, what="llm hf_causal_lm")
-        model = load_pretrained(AutoModelForCausalLM, path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+        bits, backend, quant_kwargs = quant_settings(bits=bits, load_in_8bit=load_in_8bit, quant_backend=quant_backend,
+                                                     what="llm hf_causal_lm")
+        model = load_pretrained(AutoModelForCausalLM, path, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+                                **quant_kwargs)
         super().__init__(model=model, freeze=freeze, lora_enable=lora_enable, lora_r=lora_r, lora_alpha=lora_alpha,
-                         lora_dropout=lora_dropout, target_modules=target_modules)
+                         lora_dropout=lora_dropout, target_modules=target_modules, bits=bits, quant_backend=backend)

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
 
 from omniplug.hf import load_pretrained, local_checkpoint
-from omniplug.llms._causal import DTYPES, CausalLMWrapper
+from omniplug.llms._causal import DTYPES, CausalLMWrapper, quant_settings
 from omniplug.registry import LLMS
 
 
@@ -21,8 +21,15 @@ from omniplug.registry import LLMS
 class LlavaLM(CausalLMWrapper):
     def __init__(self, *, model_name_or_path: str, dtype: Literal["float32", "bfloat16", "float16"] = "float32",
                  freeze: bool = False, lora_enable: bool = False, lora_r: int = 8, lora_alpha: int = 16,
-                 lora_dropout: float = 0.05, target_modules: list[str] | None = None) -> None:
+                 lora_dropout: float = 0.05, target_modules: list[str] | None = None,
+                 bits: Literal[4, 8] | None = None, load_in_8bit: bool = False,
+                 quant_backend: Literal["auto", "bitsandbytes", "quanto"] = "auto") -> None:
         path = local_checkpoint(model_name_or_path, what="llm llava")
+        bits, backend, quant_kwargs = quant_settings(bits=bits, load_in_8bit=load_in_8bit, quant_backend=quant_backend,
+                                                     what="llm llava")
+        if quant_kwargs:
+            raise ValueError("llm llava: bitsandbytes loading of a shared LLaVA checkpoint is not supported; "
+                             "use quant_backend: quanto, or load the language model as hf_causal_lm")
         llava = load_pretrained(LlavaForConditionalGeneration, path)
         with torch.device("meta"):
             shell = AutoModelForCausalLM.from_config(llava.config.text_config)
@@ -31,4 +38,4 @@ class LlavaLM(CausalLMWrapper):
         shell.generation_config = llava.generation_config
         shell.to(DTYPES[dtype])
         super().__init__(model=shell, freeze=freeze, lora_enable=lora_enable, lora_r=lora_r, lora_alpha=lora_alpha,
-                         lora_dropout=lora_dropout, target_modules=target_modules)
+                         lora_dropout=lora_dropout, target_modules=target_modules, bits=bits, quant_backend=backend)
