@@ -58,11 +58,15 @@ def build_model(config: Config | str | Path, overrides: list[str] | tuple[str, .
         for task, dentry in config.decoder_entries().items():
             decoders[task] = build_entry(dentry)
         _check_tokens(decoders, om.image_token)
-        new_tokens = [om.image_token] + [tok for d in decoders.values() for tok in d.tokens]
+        new_tokens = [om.image_token] + [tok for d in decoders.values() for tok in (*d.tokens, *d.extra_tokens)]
         new_token_ids = tokenizer.add_special_tokens(new_tokens)
         llm.resize_token_embeddings(len(tokenizer))
+        for decoder in decoders.values():
+            decoder.bind_tokenizer(tokenizer)
         out_projectors: dict[str, nn.Module] = {}
         for task, decoder in decoders.items():
+            if not decoder.reads_prompts:  # e.g. action tokens read from the LM head's logits
+                continue
             pentry = config.out_projector_entry(task)
             if pentry is None:
                 if decoder.prompt_dim != llm.hidden_size:
@@ -83,7 +87,25 @@ def build_model(config: Config | str | Path, overrides: list[str] | tuple[str, .
         from omniplug.weights import load_trainable
 
         load_trainable(model, om.weights)
+    model.llm.quantize_weights()
     return model
+
+
+def build_dataset(config: Config, name: str, *, splits: list[str] | None = None) -> Any:
+    """Instantiate the ``dataset`` catalogue entry ``name`` (a ``torch.utils.data.Dataset`` of ``Sample``).
+
+    When the entry sets no ``split`` and its reader takes one, one dataset per name in ``splits``
+    (``trainer.train_splits`` for training) is built and they are concatenated."""
+    entry = config.entry("dataset", name, where=f"data: dataset {name!r}")
+    takes_split = "split" in signature_params(REGISTRIES[entry.section].get(entry.type))
+    if not splits or "split" in entry.params or not takes_split:
+        return build_entry(entry)
+    parts = [build_entry(entry, split=split) for split in splits]
+    if len(parts) == 1:
+        return parts[0]
+    from torch.utils.data import ConcatDataset
+
+    return ConcatDataset(parts)
 
 
 def _check_dims(entry: EntryConfig, proj: Any, in_dim: int, out_dim: int, src: str, dst: str) -> None:
@@ -99,7 +121,7 @@ def _check_tokens(decoders: dict[str, Decoder], image_token: str) -> None:
     for task, d in decoders.items():
         if not d.tokens:
             raise ConfigError(f"decoder {task!r} declares no trigger token")
-        for tok in d.tokens:
+        for tok in (*d.tokens, *d.extra_tokens):
             if tok in seen:
                 raise ConfigError(f"token {tok!r} of decoder {task!r} is already used by {seen[tok]}; set a different 'token'")
             seen[tok] = f"decoder {task!r}"

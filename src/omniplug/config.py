@@ -115,7 +115,7 @@ class TrainerConfig:
     eval_max_samples: int | None = None
     keep_last_checkpoints: int = 3  # complete checkpoints kept in output_dir/checkpoints (older ones are deleted)
     ddp_find_unused_parameters: bool = True  # decoders absent from a batch leave parameters without gradients
-    zero_stage: Literal[0, 1, 2, 3] | None = None  # DeepSpeed ZeRO stage via accelerate; None = plain DDP
+    zero_stage: Literal[0, 1, 2] | None = None  # DeepSpeed ZeRO stage via accelerate (CUDA only); None = plain DDP
 
 
 @dataclass(frozen=True)

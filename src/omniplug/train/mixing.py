@@ -1,0 +1,110 @@
+"""Dataset mixing (``data.train: {entry: ratio}``): one seeded, endless stream of draws.
+
+Draw number ``p`` (0, 1, 2, ...) is a pure function of ``(seed, p)``:
+
+1. the dataset is chosen with probability ``ratio / sum(ratios)`` (LISA trains sem_seg :
+   refer_seg : vqa : reason_seg at 9:3:3:1);
+2. the item is the next one of a seeded permutation of that dataset (a new permutation each
+   pass), so every item is seen once per pass over its dataset.
+
+Because the stream depends only on the seed and the position, the trainer's data state is one
+integer, ``position`` (draws consumed); a resumed run continues the stream exactly, whatever the
+number of processes. Ranks share the stream: global micro-batch ``k`` is the ``world * batch``
+draws starting at ``k * world * batch``, and rank ``r`` takes the ``r``-th ``batch`` of them, so
+ranks see different data and the union is the same stream a single process would read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import Dataset, Sampler
+
+_BLOCK = 1 << 14  # dataset choices are generated in blocks of this many draws
+
+
+class MixtureStream:
+    def __init__(self, *, sizes: list[int], ratios: list[float], seed: int) -> None:
+        if not sizes or len(sizes) != len(ratios):
+            raise ValueError("MixtureStream needs one ratio per dataset and at least one dataset")
+        if any(n < 1 for n in sizes):
+            raise ValueError(f"every training dataset needs at least one item; sizes: {sizes}")
+        if any(r < 0 for r in ratios) or sum(ratios) <= 0:
+            raise ValueError(f"data.train ratios must be >= 0 with a positive sum; got {ratios}")
+        self.sizes = list(sizes)
+        self.probs = np.asarray(ratios, dtype=np.float64) / float(sum(ratios))
+        self.seed = int(seed)
+        self._blocks: dict[int, np.ndarray] = {}
+        self._perms: dict[int, tuple[int, np.ndarray]] = {}
+
+    def choices(self, block: int) -> np.ndarray:
+        """Dataset index of each draw in ``[block * _BLOCK, (block + 1) * _BLOCK)``."""
+        if block not in self._blocks:
+            if len(self._blocks) > 4:
+                self._blocks.clear()
+            rng = np.random.default_rng([self.seed, 0, block])
+            self._blocks[block] = rng.choice(len(self.sizes), size=_BLOCK, p=self.probs).astype(np.int32)
+        return self._blocks[block]
+
+    def counts_before(self, position: int) -> np.ndarray:
+        """How many of the draws ``[0, position)`` went to each dataset."""
+        counts = np.zeros(len(self.sizes), dtype=np.int64)
+        full, rest = divmod(position, _BLOCK)
+        for b in range(full):
+            counts += np.bincount(self.choices(b), minlength=len(self.sizes))
+        if rest:
+            counts += np.bincount(self.choices(full)[:rest], minlength=len(self.sizes))
+        return counts
+
+    def item(self, dataset: int, count: int) -> int:
+        """The item of ``dataset`` for its ``count``-th draw (0-based)."""
+        n = self.sizes[dataset]
+        epoch, offset = divmod(count, n)
+        cached = self._perms.get(dataset)
+        if cached is None or cached[0] != epoch:
+            perm = np.random.default_rng([self.seed, 1, dataset, epoch]).permutation(n)
+            cached = (epoch, perm)
+            self._perms[dataset] = cached
+        return int(cached[1][offset])
+
+    def iterate(self, start: int) -> Iterator[tuple[int, int]]:
+        """Endless ``(dataset, item)`` draws from position ``start`` on."""
+        counts = self.counts_before(start)
+        position = start
+        while True:
+            block, offset = divmod(position, _BLOCK)
+            d = int(self.choices(block)[offset])
+            yield d, self.item(d, int(counts[d]))
+            counts[d] += 1
+            position += 1
+
+
+class RankBatches(Sampler):
+    """Batch sampler for one rank: lists of ``(dataset, item)`` keys, starting at draw ``start``."""
+
+    def __init__(self, stream: MixtureStream, *, start: int, batch_size: int, rank: int, world_size: int) -> None:
+        self.stream, self.start, self.batch_size, self.rank, self.world_size = stream, start, batch_size, rank, world_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        draws = self.stream.iterate(self.start)
+        while True:
+            group = [next(draws) for _ in range(self.batch_size * self.world_size)]
+            yield group[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def __len__(self) -> int:  # endless; DataLoader only needs this for len(loader)
+        raise TypeError("RankBatches is endless")
+
+
+class MixedDataset(Dataset):
+    """Indexes several datasets with ``(dataset, item)`` keys."""
+
+    def __init__(self, datasets: list[Dataset]) -> None:
+        self.datasets = datasets
+
+    def __getitem__(self, key: tuple[int, int]):
+        d, i = key
+        return self.datasets[d][i]
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)  # type: ignore[arg-type]

@@ -1,0 +1,127 @@
+"""The training loop on the tiny Llama + a test decoder: exact resume, non-finite skip, learning,
+outputs, evaluation-only mode."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from omniplug.config import load_config
+from omniplug.train import NonFiniteLossError, train
+from omniplug.train import checkpoint as ckpt
+from tests.test_train_plugins import write_config
+
+
+def _rows(out):
+    with open(out / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _without_time(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def _weights(path):
+    return load_file(str(path / "trainable.safetensors"))
+
+
+def test_resume_after_a_kill_mid_epoch_is_bit_identical(tiny_dir, tmp_path):
+    # 2 epochs x 4 steps, 2 micro-batches per step, LoRA dropout on: data order, optimizer state and
+    # every generator must be restored for the losses to match bit for bit.
+    common = ["trainer.grad_accum_steps=2", "trainer.save_every=3", "trainer.keep_last_checkpoints=5"]
+    full_out, cut_out = tmp_path / "full", tmp_path / "cut"
+    path = write_config(tiny_dir, tmp_path, out=full_out)
+    train(load_config(path, common))
+
+    path = write_config(tiny_dir, tmp_path, out=cut_out)
+    train(load_config(path, common), stop_after_steps=5)  # "killed" after step 5; last checkpoint: step 3
+    assert len(_rows(cut_out)) == 5
+    # a newer checkpoint whose write was interrupted (no COMPLETE marker) must be ignored
+    broken = ckpt.checkpoints_dir(cut_out) / "step_000005"
+    shutil.copytree(ckpt.checkpoints_dir(cut_out) / "step_000003", broken)
+    (broken / ckpt.MARKER).unlink()
+    (broken / "trainable.safetensors").write_bytes(b"half-written")
+
+    result = train(load_config(path, [*common, "trainer.resume_ckpt_path=auto"]))
+    assert result.steps == 8 and result.steps_this_run == 5  # resumed from step 3, not the broken step 5
+
+    full, resumed = _without_time(_rows(full_out)), _without_time(_rows(cut_out))
+    assert [r["step"] for r in resumed] == [str(i) for i in range(1, 9)]
+    assert resumed == full  # loss, every loss term, lr and grad norm: identical strings (repr of the floats)
+    a, b = _weights(full_out), _weights(cut_out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not broken.exists() or not ckpt.is_complete(broken)
+
+
+def test_a_non_finite_loss_skips_the_step_and_leaves_weights_alone(tiny_dir, tmp_path):
+    # every batch has a <tst>, so decoder loss call n is step n; call 2 is NaN
+    overrides = ["trainer.save_every=1", "trainer.keep_last_checkpoints=20", "trainer.max_epoch=1", "data.train.phrase=0"]
+    out = tmp_path / "out"
+    path = write_config(tiny_dir, tmp_path, out=out, nan_on_calls=[2])
+    result = train(load_config(path, overrides))
+    rows = _rows(out)
+    assert [r["skipped"] for r in rows] == ["0", "1", "0", "0"] and result.skipped == 1 and result.steps == 4
+    assert rows[1]["loss"] == "nan" and all(r["loss"] != "nan" for r in rows[2:])  # training went on
+    # no checkpoint while the loss is non-finite; the optimizer took 3 steps in 4, not 4
+    saved = {p.name: ckpt.load_optimizer_state(p) for p in ckpt.complete_checkpoints(out)}
+    assert list(saved) == ["step_000001", "step_000003", "step_000004"]
+    adam_steps = {name: {float(s["step"]) for s in opt["state"].values()} for name, opt in saved.items()}
+    assert adam_steps == {"step_000001": {1.0}, "step_000003": {2.0}, "step_000004": {3.0}}
+    assert ckpt.load_state(out / "checkpoints" / "step_000004").skipped == 1
+
+    # stopping right after the skipped step: the weights are those of step 1
+    cut = tmp_path / "cut"
+    path = write_config(tiny_dir, tmp_path, out=cut, nan_on_calls=[2])
+    result = train(load_config(path, overrides), stop_after_steps=2)
+    step1 = _weights(ckpt.checkpoints_dir(cut) / "step_000001")
+    now = {k: v for k, v in result.model.named_parameters() if v.requires_grad}
+    assert now.keys() == step1.keys() and all(torch.equal(now[k].detach(), step1[k]) for k in now)
+    assert all(p.grad is None for p in now.values())  # gradients of the skipped step were dropped
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_with_the_last_good_checkpoint(tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    path = write_config(tiny_dir, tmp_path, out=out, nan_on_calls=list(range(3, 50)))
+    overrides = ["trainer.save_every=1", "trainer.max_nonfinite_in_row=3", "data.train.phrase=0"]  # every batch has <tst>
+    with pytest.raises(NonFiniteLossError, match="non-finite for 3 steps in a row") as info:
+        train(load_config(path, overrides))
+    assert "step_000002" in str(info.value)
+    rows = _rows(out)
+    assert [r["skipped"] for r in rows] == ["0", "0", "1", "1", "1"]
+    newest = ckpt.resolve_resume("auto", out)
+    assert newest.name == "step_000002" and ckpt.load_state(newest).step == 2
+    assert ckpt.complete_checkpoints(out)[-1] == newest
+
+
+def test_loss_falls_and_outputs_are_written(tiny_dir, tmp_path):
+    from omniplug.cli import main
+
+    out = tmp_path / "out"
+    path = write_config(tiny_dir, tmp_path, out=out)
+    overrides = ["one_model.train_mode=2", "trainer.lr_sched=constant", "trainer.init_lr=0.01", "trainer.warmup_steps=0",
+                 "trainer.max_epoch=1", "trainer.iters_per_epoch=25", "data.train.phrase_tst=0",
+                 "data.eval=[phrase_val]", "trainer.batch_size_eval=5"]
+    assert main(["train", "-c", str(path), *overrides]) == 0
+    rows = _rows(out)
+    losses = [float(r["loss"]) for r in rows]
+    assert len(rows) == 25 and losses[-1] < 0.3 * losses[0], losses
+    header = rows[0].keys()
+    assert {"step", "epoch", "lr", "loss", "lm_loss", "grad_norm", "skipped", "seconds"} <= set(header)
+    png = out / "loss_curve.png"
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "trainable.safetensors").is_file() and (out / "config.yaml").is_file()
+    rank = json.loads((out / "ranks" / "rank0.json").read_text())
+    assert rank["world_size"] == 1 and rank["steps"] == 25
+    epoch_eval = [json.loads(line) for line in (out / "eval_metrics.jsonl").read_text().splitlines()]
+    assert epoch_eval[0]["dataset"] == "phrase_val" and epoch_eval[0]["samples"] == 5
+
+    # evaluation only: the newest checkpoint on data.eval
+    assert main(["train", "-c", str(path), *overrides, "trainer.evaluate=true", "trainer.resume_ckpt_path=auto"]) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["weights"].endswith("step_000025")
+    assert results["results"]["phrase_val"]["loss"] == pytest.approx(epoch_eval[0]["loss"], rel=1e-5)

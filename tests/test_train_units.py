@@ -1,0 +1,116 @@
+"""Training pieces without a model: schedules, dataset mixing, rank sharding, checkpoint files."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from omniplug.config import TrainerConfig
+from omniplug.train import checkpoint as ckpt
+from omniplug.train.mixing import MixtureStream, RankBatches
+from omniplug.train.schedulers import make_schedule
+
+
+def _schedule(**kw):
+    base = dict(init_lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_steps=10, max_epoch=4, iters_per_epoch=25,
+                lr_decay_rate=0.5)
+    return make_schedule(TrainerConfig(**{**base, **kw}))
+
+
+def test_warmup_then_cosine_reaches_min_lr_at_the_last_step():
+    s = _schedule(lr_sched="linear_warmup_cosine_lr")
+    assert s.lr(0) == pytest.approx(1e-6)
+    assert s.lr(5) == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5)
+    assert s.lr(10) == pytest.approx(1e-3)  # warmup done: cosine starts at init_lr
+    mid = 10 + (100 - 10) // 2
+    assert s.lr(mid) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
+    assert s.lr(100) == pytest.approx(1e-5)
+    assert s.lr(1000) == pytest.approx(1e-5)  # never below min_lr
+    lrs = [s.lr(i) for i in range(10, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_step_schedule_decays_per_epoch_and_constant_stays():
+    s = _schedule(lr_sched="linear_warmup_step_lr")
+    assert s.lr(3) == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.3)
+    assert s.lr(24) == pytest.approx(1e-3)  # epoch 0 after warmup
+    assert s.lr(25) == pytest.approx(5e-4)  # epoch 1
+    assert s.lr(75) == pytest.approx(1.25e-4)  # epoch 3
+    assert _schedule(lr_sched="linear_warmup_step_lr", lr_decay_rate=0.001).lr(60) == pytest.approx(1e-5)  # floor
+    c = _schedule(lr_sched="constant", warmup_steps=0)
+    assert {c.lr(i) for i in (0, 50, 99)} == {1e-3}
+
+
+def test_mixing_follows_the_ratios_and_cycles_through_items():
+    # LISA's sem_seg : refer_seg : vqa : reason_seg = 9 : 3 : 3 : 1
+    stream = MixtureStream(sizes=[50, 20, 30, 7], ratios=[9, 3, 3, 1], seed=3)
+    draws = list(_take(stream.iterate(0), 32000))
+    counts = np.bincount([d for d, _ in draws], minlength=4) / len(draws)
+    assert np.allclose(counts, np.array([9, 3, 3, 1]) / 16, atol=0.01), counts
+    first_pass = [i for d, i in draws if d == 3][:7]
+    assert sorted(first_pass) == list(range(7))  # every item once per pass over a dataset
+    # same seed -> same stream; another seed -> another one; resuming mid-stream continues it exactly
+    assert list(_take(MixtureStream(sizes=[50, 20, 30, 7], ratios=[9, 3, 3, 1], seed=3).iterate(0), 100)) == draws[:100]
+    assert list(_take(MixtureStream(sizes=[50, 20, 30, 7], ratios=[9, 3, 3, 1], seed=4).iterate(0), 100)) != draws[:100]
+    assert list(_take(stream.iterate(20000), 50)) == draws[20000:20050]
+
+
+def test_ranks_split_the_single_process_stream():
+    stream = MixtureStream(sizes=[5, 8], ratios=[1, 2], seed=0)
+    single = list(_take(iter(RankBatches(stream, start=6, batch_size=3, rank=0, world_size=1)), 8))
+    r0 = list(_take(iter(RankBatches(stream, start=6, batch_size=3, rank=0, world_size=2)), 4))
+    r1 = list(_take(iter(RankBatches(stream, start=6, batch_size=3, rank=1, world_size=2)), 4))
+    assert [b for pair in zip(r0, r1) for b in pair] == single
+    assert r0 != r1
+
+
+def test_bad_ratios_are_refused():
+    with pytest.raises(ValueError, match="ratios"):
+        MixtureStream(sizes=[3, 3], ratios=[0, 0], seed=0)
+    with pytest.raises(ValueError, match="at least one item"):
+        MixtureStream(sizes=[3, 0], ratios=[1, 1], seed=0)
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    writer = ckpt.CheckpointWriter(tmp_path, 5)
+    writer.begin()
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    writer.write_rank(0)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    assert ckpt.load_rng(writer.tmp, 0)  # torch.load(weights_only=True) inside
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
+    assert not ckpt.load_rng(writer.tmp, 1)
+
+
+def test_auto_resume_ignores_incomplete_checkpoints(tmp_path):
+    root = ckpt.checkpoints_dir(tmp_path)
+    for step, complete in ((2, True), (4, True), (6, False)):
+        d = root / ckpt.step_dir_name(step)
+        d.mkdir(parents=True)
+        if complete:
+            (d / ckpt.MARKER).write_text("{}")
+    (root / ".tmp_step_000008").mkdir()
+    assert ckpt.resolve_resume("auto", tmp_path) == root / "step_000004"
+    assert ckpt.resolve_resume(None, tmp_path) is None
+    assert ckpt.resolve_resume("auto", tmp_path / "elsewhere") is None
+    with pytest.raises(ValueError, match="no COMPLETE marker"):
+        ckpt.resolve_resume(str(root / "step_000006"), tmp_path)
+    ckpt.prune(tmp_path, keep_last=1)
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step_000004"]
+    assert sorted(p.name for p in root.iterdir()) == ["step_000004", "step_000006"]  # incomplete: kept, never loaded
+
+
+def _take(iterator, n):
+    for _ in range(n):
+        yield next(iterator)
+
+
+def test_schedule_values_are_finite_everywhere():
+    for name in ("linear_warmup_cosine_lr", "linear_warmup_step_lr", "constant"):
+        s = _schedule(lr_sched=name, warmup_steps=0)
+        assert all(math.isfinite(s.lr(i)) and s.lr(i) > 0 for i in range(0, 120))
