@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -43,7 +44,12 @@ class Desc:
         return " ".join(words + [self.category or "object"])
 
     def select(self, scene: Scene) -> list[SceneObject]:
-        return [o for o in scene.objects if self.matches(o)]
+        return list(_select(self, scene))
+
+
+@lru_cache(maxsize=4096)
+def _select(desc: Desc, scene: Scene) -> tuple[SceneObject, ...]:
+    return tuple(o for o in scene.objects if desc.matches(o))
 
 
 def descs_for(o: SceneObject) -> list[Desc]:
@@ -90,18 +96,23 @@ class RefExpr:
         return base if self.location is None else f"{base} {LOCATIONS[self.location]}"
 
 
+@lru_cache(maxsize=256)
+def _unique_refs(scene: Scene, o: SceneObject) -> tuple[RefExpr, ...]:
+    out = []
+    gap = margin(scene)
+    for d in descs_for(o):
+        objs = d.select(scene)
+        if objs == [o]:
+            out.append(RefExpr(desc=d))
+        for where in LOCATIONS:
+            if len(objs) >= 2 and extreme(objs, where, gap) == o:
+                out.append(RefExpr(desc=d, location=where))
+    return tuple(out)
+
+
 def unique_refs(scene: Scene, o: SceneObject) -> list[RefExpr]:
     """Every expression of the two forms above that denotes exactly ``o`` in ``scene``."""
-    out = []
-    for d in descs_for(o):
-        expr = RefExpr(desc=d)
-        if expr.resolve(scene) == [o]:
-            out.append(expr)
-        for where in LOCATIONS:
-            expr = RefExpr(desc=d, location=where)
-            if len(d.select(scene)) >= 2 and expr.resolve(scene) == [o]:
-                out.append(expr)
-    return out
+    return list(_unique_refs(scene, o))
 
 
 def short_ref(scene: Scene, o: SceneObject) -> RefExpr | None:
@@ -124,15 +135,22 @@ def stuff_phrase(scene: Scene) -> str:
     return "on grass by the water under the sky" if scene.water is not None else "on grass under the sky"
 
 
-_CAPTION_TEMPLATES = ("{objects} {stuff}.", "There is {objects} {stuff}.", "A picture of {objects} {stuff}.")
+_CAPTION_TEMPLATES = ("{phrase}.", "There is {phrase}.", "A picture of {phrase}.")
 CAPTION_PROMPTS = ("Describe the image.", "What is in this picture?", "List every object in the scene.")
 
 
-def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
-    """Every object, left to right, in the fixed pattern that :func:`parse_caption` reads back."""
+def caption(scene: Scene, rng: np.random.Generator | None = None, *, bare: bool = False) -> str:
+    """Every object, left to right, in the fixed pattern that :func:`parse_caption` reads back.
+
+    ``bare=True`` gives the lower-case phrase without template or full stop ("a small red circle
+    on grass under the sky"), which reads well inside prompts such as "Draw {caption}.".
+    """
     objs = sorted(scene.objects, key=lambda o: (o.x, o.y, o.id))
+    phrase = f"{_join([object_phrase(o) for o in objs])} {stuff_phrase(scene)}"
+    if bare:
+        return phrase
     template = _CAPTION_TEMPLATES[0 if rng is None else int(rng.integers(len(_CAPTION_TEMPLATES)))]
-    text = template.format(objects=_join([object_phrase(o) for o in objs]), stuff=stuff_phrase(scene))
+    text = template.format(phrase=phrase)
     return text[0].upper() + text[1:]
 
 
@@ -171,7 +189,7 @@ def _yes(b: bool) -> str:
     return "yes" if b else "no"
 
 
-def _relation_holds(a: SceneObject, b: SceneObject, rel: str, gap: float) -> bool | None:
+def relation_holds(a: SceneObject, b: SceneObject, rel: str, gap: float) -> bool | None:
     """True/False when clear, None when the centres are too close to say."""
     d = {"left of": b.x - a.x, "right of": a.x - b.x, "above": b.y - a.y, "below": a.y - b.y}[rel]
     if abs(d) < gap:
@@ -179,64 +197,100 @@ def _relation_holds(a: SceneObject, b: SceneObject, rel: str, gap: float) -> boo
     return d > 0
 
 
-def vqa(scene: Scene, rng: np.random.Generator, *, k: int = 4) -> list[QA]:
-    """Up to ``k`` question-answer pairs of different kinds with short exact answers."""
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _count_qas(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
     objs = scene.objects
-    simple = [o for o in objs if not o.is_composite]
-    cands: dict[str, list[QA]] = {}
-
-    def add(kind: str, q: str, a: str) -> None:
-        cands.setdefault(kind, []).append(QA(kind=kind, question=q, answer=a))
-
-    add("count", "How many objects are there?", str(len(objs)))
+    out = [("How many objects are there?", str(len(objs)))]
     for cat in SHAPES + COMPOSITES:
         n = sum(o.category == cat for o in objs)
         if n or rng.random() < 0.3:
-            add("count", f"How many {PLURALS[cat]} are there?", str(n))
+            out.append((f"How many {PLURALS[cat]} are there?", str(n)))
     for col in COLOURS:
-        n = sum(o.colour == col for o in simple)
+        n = sum(o.colour == col for o in objs)
         if n:
-            add("count", f"How many {col} shapes are there?", str(n))
-    short = {o.id: short_ref(scene, o) for o in objs}
-    for o in simple:
+            out.append((f"How many {col} shapes are there?", str(n)))
+    return out
+
+
+def _attribute_qas(scene: Scene, attribute: str) -> list[tuple[str, str]]:
+    """Questions asking for ``attribute`` of an object named without it."""
+    out = []
+    for o in scene.objects:
+        if o.is_composite:
+            continue
         for ref in unique_refs(scene, o):
-            if ref.desc.colour is None:
-                add("colour", f"What colour is {ref.text()}?", str(o.colour))
-            if ref.desc.category is None:
-                add("shape", f"What shape is {ref.text()}?", o.category)
-            if ref.desc.size is None:
-                add("size", f"Is {ref.text()} small or large?", o.size)
-        if o.x <= scene.width / 2 - margin(scene) or o.x >= scene.width / 2 + margin(scene):
-            ref = short[o.id]
-            if ref is not None:
-                side = "left" if o.x < scene.width / 2 else "right"
-                add("position", f"Is {ref.text()} in the left or right half of the image?", side)
-    present = {(o.colour, o.category) for o in simple}
-    for col, cat in present:
-        add("exists", f"Is there a {col} {cat}?", "yes")
-    allowed_absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present
-                      and ((c, s) not in scene.holdout or scene.split == "holdout")]
-    for _ in range(2):
-        c, s = allowed_absent[int(rng.integers(len(allowed_absent)))]
-        add("exists", f"Is there a {c} {s}?", "no")
-    for cat in COMPOSITES:
-        add("exists", f"Is there a {cat}?", _yes(any(o.category == cat for o in objs)))
-    for a in objs:
-        for b in objs:
+            if attribute == "colour" and ref.desc.colour is None:
+                out.append((f"What colour is {ref.text()}?", str(o.colour)))
+            elif attribute == "shape" and ref.desc.category is None:
+                out.append((f"What shape is {ref.text()}?", o.category))
+            elif attribute == "size" and ref.desc.size is None:
+                out.append((f"Is {ref.text()} small or large?", o.size))
+    return out
+
+
+def _position_qas(scene: Scene) -> list[tuple[str, str]]:
+    out, half, gap = [], scene.width / 2, margin(scene)
+    for o in scene.objects:
+        ref = short_ref(scene, o)
+        if ref is not None and abs(o.x - half) >= gap:
+            out.append((f"Is {ref.text()} in the left or right half of the image?", "left" if o.x < half else "right"))
+    return out
+
+
+def _exists_qas(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
+    present = {(o.colour, o.category) for o in scene.objects if not o.is_composite}
+    out = [(f"Is there {article(c)} {c} {s}?", "yes") for c, s in sorted(present)]
+    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present
+              and ((c, s) not in scene.holdout or scene.split == "holdout")]
+    for i in rng.choice(len(absent), size=min(2, len(absent)), replace=False):
+        c, s = absent[int(i)]
+        out.append((f"Is there {article(c)} {c} {s}?", "no"))
+    out += [(f"Is there a {cat}?", _yes(any(o.category == cat for o in scene.objects))) for cat in COMPOSITES]
+    return out
+
+
+def _relation_qas(scene: Scene) -> list[tuple[str, str]]:
+    out, gap = [], margin(scene)
+    short = {o.id: short_ref(scene, o) for o in scene.objects}
+    for a in scene.objects:
+        for b in scene.objects:
             ra, rb = short[a.id], short[b.id]
             if a is b or ra is None or rb is None:
                 continue
             for rel in ("left of", "right of", "above", "below"):
-                holds = _relation_holds(a, b, rel, margin(scene))
+                holds = relation_holds(a, b, rel, gap)
                 if holds is not None:
                     prep = f"to the {rel}" if rel in ("left of", "right of") else rel
-                    add("relation", f"Is {ra.text()} {prep} {rb.text()}?", _yes(holds))
-    kinds = sorted(cands)
-    order = rng.permutation(len(kinds))
+                    out.append((f"Is {ra.text()} {prep} {rb.text()}?", _yes(holds)))
+    return out
+
+
+VQA_KINDS = ("count", "colour", "shape", "size", "position", "exists", "relation")
+
+
+def vqa(scene: Scene, rng: np.random.Generator, *, k: int = 4) -> list[QA]:
+    """Up to ``k`` question-answer pairs, each of a different kind, with short exact answers."""
     out: list[QA] = []
-    for i in order[:k]:
-        pool = cands[kinds[int(i)]]
-        out.append(pool[int(rng.integers(len(pool)))])
+    for i in rng.permutation(len(VQA_KINDS)):
+        kind = VQA_KINDS[int(i)]
+        if kind == "count":
+            pool = _count_qas(scene, rng)
+        elif kind in ("colour", "shape", "size"):
+            pool = _attribute_qas(scene, kind)
+        elif kind == "position":
+            pool = _position_qas(scene)
+        elif kind == "exists":
+            pool = _exists_qas(scene, rng)
+        else:
+            pool = _relation_qas(scene)
+        if pool:
+            q, a = pool[int(rng.integers(len(pool)))]
+            out.append(QA(kind=kind, question=q, answer=a))
+        if len(out) == k:
+            break
     return out
 
 

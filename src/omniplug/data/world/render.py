@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-from .geometry import object_templates
-from .scene import Scene, SceneObject, object_part_masks
+from .geometry import object_extent, object_templates
+from .scene import Scene, SceneObject, inside_canvas, object_part_masks
 from .vocab import CATEGORY_ID, COLOURS, PART_COLOURS, SEMANTIC_CLASSES, STUFF, STUFF_COLOURS
 
 assert all(CATEGORY_ID[name] == i for i, name in enumerate(SEMANTIC_CLASSES) if i > 0), \
@@ -71,8 +72,6 @@ class Rendering:
     background: np.ndarray  # (H, W) uint8 stuff category id under everything (amodal stuff)
     owner: np.ndarray  # (H, W) int16: visible object position, -1 where stuff shows
     part_owner: np.ndarray  # (H, W) int16: part position within the visible object, -1 otherwise
-    full_masks: tuple[np.ndarray, ...]  # amodal mask per object
-    part_full_masks: tuple[tuple[np.ndarray, ...], ...]  # amodal mask per object part
     objects: tuple[ObjectAnnotation, ...]
     stuff: tuple[StuffAnnotation, ...]  # visible stuff regions present in the image
 
@@ -84,6 +83,14 @@ class Rendering:
 
     def visible_mask(self, i: int) -> np.ndarray:
         return self.owner == i
+
+    def full_mask(self, i: int) -> np.ndarray:
+        """Amodal mask of object ``i`` (every pixel it would cover with nothing in front)."""
+        return np.logical_or.reduce(self.part_full_masks(i))
+
+    def part_full_masks(self, i: int) -> tuple[np.ndarray, ...]:
+        """Amodal mask of each template of object ``i`` (one per part for composites)."""
+        return object_part_masks(self.scene.objects[i], height=self.scene.height, width=self.scene.width)
 
     def part_mask(self, i: int, part: str) -> np.ndarray:
         """Visible pixels of every part called ``part`` of object ``i`` (both wheels of a car)."""
@@ -97,17 +104,19 @@ class Rendering:
 
     def semantic_map(self) -> np.ndarray:
         """uint8 labels indexing ``SEMANTIC_CLASSES`` (stuff, shape or composite; 0 never occurs)."""
-        sem = self.background.copy()
-        for i, o in enumerate(self.scene.objects):
-            sem[self.owner == i] = CATEGORY_ID[o.category]
-        return sem
+        lut = np.array([CATEGORY_ID[o.category] for o in self.scene.objects] + [0], dtype=np.uint8)
+        return np.where(self.owner >= 0, lut[self.owner], self.background).astype(np.uint8)
 
     def panoptic_ids(self) -> np.ndarray:
         """int32 segment id per pixel: stuff category id, or THING_ID_OFFSET + object id."""
-        ids = self.background.astype(np.int32)
-        for i, o in enumerate(self.scene.objects):
-            ids[self.owner == i] = THING_ID_OFFSET + o.id
-        return ids
+        lut = np.array([THING_ID_OFFSET + o.id for o in self.scene.objects] + [0], dtype=np.int32)
+        return np.where(self.owner >= 0, lut[self.owner], self.background.astype(np.int32))
+
+
+def _footprint_bbox(obj: SceneObject, image_size: int) -> Box:
+    """Amodal bbox straight from the template geometry (objects never leave the canvas)."""
+    x0, y0, x1, y1 = object_extent(obj.category, obj.size, image_size)
+    return obj.x + x0, obj.y + y0, x1 - x0 + 1, y1 - y0 + 1
 
 
 def _stuff_layout(scene: Scene) -> np.ndarray:
@@ -123,9 +132,13 @@ def _stuff_layout(scene: Scene) -> np.ndarray:
     return bg
 
 
-_STUFF_LUT = np.zeros((256, 3), dtype=np.uint8)
-for _name in STUFF:
-    _STUFF_LUT[CATEGORY_ID[_name]] = STUFF_COLOURS[_name]
+# Colour table: stuff colours at their category ids, then object colours, then part colours.
+_COLOUR_NAMES = list(STUFF) + list(COLOURS) + list(PART_COLOURS)
+_PALETTE = np.zeros((256, 3), dtype=np.uint8)
+_COLOUR_CODE: dict[str, int] = {}
+for _name in _COLOUR_NAMES:
+    _COLOUR_CODE[_name] = CATEGORY_ID[_name] if _name in STUFF else 16 + len(_COLOUR_CODE)
+    _PALETTE[_COLOUR_CODE[_name]] = ({**STUFF_COLOURS, **COLOURS, **PART_COLOURS})[_name]
 
 
 def render_scene(scene: Scene) -> Rendering:
@@ -133,47 +146,64 @@ def render_scene(scene: Scene) -> Rendering:
     if h != w:
         raise ValueError(f"world scenes are square; got {w}x{h}")
     background = _stuff_layout(scene)
-    image = _STUFF_LUT[background]
+    colour = background.copy()  # colour code per pixel, turned into RGB at the end
     owner = np.full((h, w), -1, dtype=np.int16)
     part_owner = np.full((h, w), -1, dtype=np.int16)
-    full_masks, part_full = [], []
     for i, obj in enumerate(scene.objects):
-        parts = object_part_masks(obj, height=h, width=w)
-        part_full.append(parts)
-        full_masks.append(np.logical_or.reduce(parts))
-        if obj.is_composite:
-            names = [t.part for t in object_templates(obj.category, obj.size, w)]
-            for k, (name, m) in enumerate(zip(names, parts)):
-                image[m] = PART_COLOURS[str(name)]
-                part_owner[m] = k
-        else:
-            image[parts[0]] = COLOURS[str(obj.colour)]
-            part_owner[parts[0]] = -1
-        owner[full_masks[-1]] = i
+        if not inside_canvas(obj, w):
+            raise ValueError(f"object {obj.id} of scene {scene.index} ({obj.size} {obj.category} at {obj.x},{obj.y}) "
+                             f"leaves the {w}x{h} canvas; scenes from sample_scene never do")
+        for k, t in enumerate(object_templates(obj.category, obj.size, w)):
+            win = (slice(obj.y + t.dy, obj.y + t.dy + t.height), slice(obj.x + t.dx, obj.x + t.dx + t.width))
+            code = _COLOUR_CODE[str(t.part) if obj.is_composite else str(obj.colour)]
+            colour[win][t.mask] = code
+            owner[win][t.mask] = i
+            part_owner[win][t.mask] = k if obj.is_composite else -1
     objects = []
     for i, obj in enumerate(scene.objects):
-        vis = owner == i
-        if not vis.any():
+        x, y, bw, bh = full_bbox = _footprint_bbox(obj, w)
+        win = (slice(y, y + bh), slice(x, x + bw))
+        vis = owner[win] == i
+        area = int(vis.sum())
+        if area == 0:
             raise ValueError(f"object {obj.id} of scene {scene.index} is fully hidden; the scene is invalid")
+        part_areas = _part_full_areas(obj.category, obj.size, w)
+        full_area = sum(part_areas)
+        bbox = full_bbox if area == full_area else _shift(mask_bbox(vis), x, y)
         parts = ()
         if obj.is_composite:
-            names = [t.part for t in object_templates(obj.category, obj.size, w)]
+            po = part_owner[win]
             plist = []
-            for k, (name, full) in enumerate(zip(names, part_full[i])):
-                pv = vis & (part_owner == k)
-                plist.append(PartAnnotation(name=str(name), index=k, bbox=mask_bbox(pv) if pv.any() else (0, 0, 0, 0),
-                                            area=int(pv.sum()), full_area=int(full.sum())))
+            for k, t in enumerate(object_templates(obj.category, obj.size, w)):
+                pv = vis & (po == k)
+                pa = int(pv.sum())
+                plist.append(PartAnnotation(name=str(t.part), index=k, bbox=_shift(mask_bbox(pv), x, y) if pa else (0, 0, 0, 0),
+                                            area=pa, full_area=part_areas[k]))
             parts = tuple(plist)
-        objects.append(ObjectAnnotation(object=obj, bbox=mask_bbox(vis), area=int(vis.sum()),
-                                        full_bbox=mask_bbox(full_masks[i]), full_area=int(full_masks[i].sum()),
+        objects.append(ObjectAnnotation(object=obj, bbox=bbox, area=area, full_bbox=full_bbox, full_area=full_area,
                                         parts=parts))
     stuff = []
     for name in STUFF:
         m = (owner < 0) & (background == CATEGORY_ID[name])
         if m.any():
             stuff.append(StuffAnnotation(name=name, bbox=mask_bbox(m), area=int(m.sum())))
+    image = _PALETTE[colour]
     for arr in (image, background, owner, part_owner):
         arr.setflags(write=False)
     return Rendering(scene=scene, image=image, background=background, owner=owner, part_owner=part_owner,
-                     full_masks=tuple(full_masks), part_full_masks=tuple(part_full), objects=tuple(objects),
-                     stuff=tuple(stuff))
+                     objects=tuple(objects), stuff=tuple(stuff))
+
+
+def _shift(b: Box, dx: int, dy: int) -> Box:
+    return b[0] + dx, b[1] + dy, b[2], b[3]
+
+
+@lru_cache(maxsize=None)
+def _part_full_areas(category: str, size: str, image_size: int) -> tuple[int, ...]:
+    """Pixels of each template not covered by the object's own later parts (the wall minus the door)."""
+    temps = object_templates(category, size, image_size)
+    x0, y0, x1, y1 = object_extent(category, size, image_size)
+    canvas = np.full((y1 - y0 + 1, x1 - x0 + 1), -1, dtype=np.int16)
+    for j, t in enumerate(temps):
+        canvas[t.dy - y0: t.dy - y0 + t.height, t.dx - x0: t.dx - x0 + t.width][t.mask] = j
+    return tuple(int((canvas == k).sum()) for k in range(len(temps)))

@@ -7,7 +7,7 @@ from ``(seed, split, index, stream)``, so any scene can be regenerated on its ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,8 +39,11 @@ class WorldConfig:
     holdout: tuple[tuple[str, str], ...] = DEFAULT_HOLDOUT
 
     def __post_init__(self) -> None:
-        if self.size < 32:
-            raise ValueError(f"world image size must be >= 32 pixels (got {self.size}); small shapes vanish below that")
+        if self.size < 48:
+            raise ValueError(f"world image size must be >= 48 pixels (got {self.size}): below that small circles, "
+                             "squares and hexagons rasterise to the same few pixels")
+        if self.max_objects > 100:
+            raise ValueError(f"max_objects must be <= 100 (got {self.max_objects}); annotation ids reserve 1000 per image")
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}..{self.max_objects}")
         if not 1 <= self.gen_min_objects <= self.gen_max_objects:
@@ -145,6 +148,17 @@ def colour_key(obj: SceneObject) -> str:
     return obj.category if obj.is_composite else str(obj.colour)
 
 
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """8-neighbour dilation by one pixel."""
+    rows = mask.copy()
+    rows[1:] |= mask[:-1]
+    rows[:-1] |= mask[1:]
+    out = rows.copy()
+    out[:, 1:] |= rows[:, :-1]
+    out[:, :-1] |= rows[:, 1:]
+    return out
+
+
 def _connected(mask: np.ndarray) -> bool:
     return ndimage.label(mask, structure=_EIGHT)[1] == 1
 
@@ -152,9 +166,9 @@ def _connected(mask: np.ndarray) -> bool:
 @dataclass
 class _Placed:
     obj: SceneObject
-    parts: tuple[np.ndarray, ...]
+    own_parts: tuple[np.ndarray, ...]  # each part minus the object's own later parts (the wall minus the door)
     full: np.ndarray
-    visible_parts: list[np.ndarray]
+    visible_parts: list[np.ndarray]  # own_parts minus everything drawn in front so far
 
 
 def _still_valid(p: _Placed, cover: np.ndarray, config: WorldConfig) -> list[np.ndarray] | None:
@@ -166,17 +180,24 @@ def _still_valid(p: _Placed, cover: np.ndarray, config: WorldConfig) -> list[np.
     if visible.sum() < config.min_visible * p.full.sum() or not _connected(visible):
         return None
     if p.obj.is_composite:
-        for part, vis in zip(p.parts, new_parts):
+        for part, vis in zip(p.own_parts, new_parts):
             if vis.sum() < config.min_part_visible * part.sum() or not _connected(vis):
                 return None
     return new_parts
 
 
+def inside_canvas(obj: SceneObject, size: int) -> bool:
+    x0, y0, x1, y1 = object_extent(obj.category, obj.size, size)
+    return obj.x + x0 >= 0 and obj.y + y0 >= 0 and obj.x + x1 < size and obj.y + y1 < size
+
+
 def _try_place(placed: list[_Placed], obj: SceneObject, config: WorldConfig) -> bool:
     h = w = config.size
+    if not inside_canvas(obj, w):
+        return False
     parts = object_part_masks(obj, height=h, width=w)
     full = np.logical_or.reduce(parts)
-    grown = ndimage.binary_dilation(full, structure=_EIGHT)
+    grown = _grow(full)
     key = colour_key(obj)
     updates = []
     for p in placed:
@@ -193,7 +214,7 @@ def _try_place(placed: list[_Placed], obj: SceneObject, config: WorldConfig) -> 
     for k, part in enumerate(parts):
         later = np.logical_or.reduce(parts[k + 1:]) if k + 1 < len(parts) else np.zeros_like(part)
         visible_parts.append(part & ~later)
-    placed.append(_Placed(obj=obj, parts=parts, full=full, visible_parts=visible_parts))
+    placed.append(_Placed(obj=obj, own_parts=tuple(visible_parts), full=full, visible_parts=visible_parts))
     return True
 
 
@@ -203,7 +224,8 @@ def _sample_kind(rng: np.random.Generator, config: WorldConfig, *, force_holdout
         return shape, colour, SIZES[int(rng.integers(len(SIZES)))]
     if rng.random() < config.composite_prob:
         return COMPOSITES[int(rng.integers(len(COMPOSITES)))], None, COMPOSITE_SIZE
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    shapes = [s for s in SHAPES if any((c, s) not in config.holdout for c in COLOURS)]
+    shape = shapes[int(rng.integers(len(shapes)))]
     colours = [c for c in COLOURS if (c, shape) not in config.holdout]
     return shape, colours[int(rng.integers(len(colours)))], SIZES[int(rng.integers(len(SIZES)))]
 
@@ -212,6 +234,8 @@ def sample_scene(*, config: WorldConfig, seed: int, split: str, index: int,
                  stream: str = "scene", n_objects: tuple[int, int] | None = None) -> Scene:
     """Sample scene ``index`` of ``split``. ``stream="generation"`` gives the simpler generation scenes."""
     rng = scene_rng(seed=seed, split=split, index=index, stream=stream)
+    if split == "holdout" and not config.holdout:
+        raise ValueError("split 'holdout' needs a non-empty hold-out list (WorldConfig.holdout / --holdout)")
     size = config.size
     lo, hi = n_objects or ((config.gen_min_objects, config.gen_max_objects) if stream == "generation"
                            else (config.min_objects, config.max_objects))
@@ -245,6 +269,6 @@ def check_scene(scene: Scene, config: WorldConfig) -> bool:
     for obj in scene.objects:
         if obj.colour is not None and (obj.colour, obj.category) in config.holdout and scene.split != "holdout":
             return False
-        if not _try_place(placed, replace(obj), config):
+        if not _try_place(placed, obj, config):
             return False
     return True

@@ -1,0 +1,94 @@
+"""``omniplug world ...`` commands.
+
+The main CLI calls :func:`add_arguments` on its ``world`` sub-parser and :func:`run` with the
+parsed namespace. Standalone: ``python -m omniplug.data.world.cli generate --out DIR --n N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .vocab import DEFAULT_HOLDOUT, SPLITS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="world_command", metavar="{generate,analyse,examples}", required=True)
+    gen = sub.add_parser("generate", help="write a split of the procedural world in standard formats")
+    gen.add_argument("--out", required=True, help="output directory (must be empty or absent)")
+    gen.add_argument("--n", type=int, required=True, help="number of scenes")
+    gen.add_argument("--seed", type=int, default=0, help="master seed (scene i uses (seed, split, i))")
+    gen.add_argument("--split", choices=SPLITS, default="train",
+                     help="train/val/test never contain hold-out combinations; holdout always does")
+    gen.add_argument("--size", type=int, default=64, help="image side in pixels (>= 48)")
+    gen.add_argument("--holdout", default=", ".join(f"{c} {s}" for c, s in DEFAULT_HOLDOUT),
+                     help="comma-separated '<colour> <shape>' combinations kept out of train/val/test")
+    gen.add_argument("--min-objects", type=int, default=None, help="fewest objects per scene (default 2)")
+    gen.add_argument("--max-objects", type=int, default=None, help="most objects per scene (default 6)")
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing split in --out")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    acc = sub.add_parser("analyse", help="measure the image analyser on freshly generated scenes")
+    acc.add_argument("--n", type=int, default=500)
+    acc.add_argument("--seed", type=int, default=0)
+    acc.add_argument("--split", choices=SPLITS, default="test")
+    acc.add_argument("--size", type=int, default=64)
+    acc.add_argument("--perturb", default="none", help="degrade renders first: none, noise10, noise25, blur0.7, "
+                                                        "jpeg90, jpeg75, down-up2x")
+    ex = sub.add_parser("examples", help="draw a grid of example scenes (image | panoptic | caption) to a PNG")
+    ex.add_argument("--out", required=True, help="PNG file to write, e.g. docs/world_examples.png")
+    ex.add_argument("--n", type=int, default=16)
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--split", choices=SPLITS, default="train")
+    ex.add_argument("--size", type=int, default=64)
+
+
+def _config(args: argparse.Namespace):  # -> WorldConfig
+    from .scene import WorldConfig
+    from .vocab import parse_holdout
+    kwargs = {"size": args.size}
+    if getattr(args, "holdout", None) is not None:
+        kwargs["holdout"] = parse_holdout(args.holdout)
+    if getattr(args, "min_objects", None) is not None:
+        kwargs["min_objects"] = args.min_objects
+    if getattr(args, "max_objects", None) is not None:
+        kwargs["max_objects"] = args.max_objects
+    return WorldConfig(**kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+        if args.world_command == "generate":
+            from .writers import write_split
+            summary = write_split(out_dir=args.out, n=args.n, seed=args.seed, split=args.split, config=config,
+                                  overwrite=args.overwrite, progress=not args.no_progress)
+            counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items())
+            print(f"wrote {summary.n} {summary.split} scenes to {summary.out_dir} in {summary.seconds:.1f}s "
+                  f"({summary.scenes_per_second:.0f} scenes/s; {counts})")
+            return 0
+        if args.world_command == "analyse":
+            from .analyser import measure_accuracy
+            from .scene import sample_scene
+            scenes = [sample_scene(config=config, seed=args.seed, split=args.split, index=i) for i in range(args.n)]
+            print(measure_accuracy(scenes, perturbation=args.perturb, seed=args.seed).summary())
+            return 0
+        if args.world_command == "examples":
+            from .examples import write_example_grid
+            path = write_example_grid(args.out, n=args.n, seed=args.seed, split=args.split, config=config)
+            print(f"wrote {path}")
+            return 0
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    raise ValueError(f"unknown world command {args.world_command!r}; available: generate, analyse, examples")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m omniplug.data.world.cli",
+                                     description="The omniplug procedural multi-task world.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""The procedural world: determinism, standard formats, uniqueness of language, hold-out, analyser."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from omniplug.data.world import (
+    SEMANTIC_CLASSES, Scene, WorldConfig, caption, decode_rle, evaluate, expected_from_caption, expected_from_scene,
+    fill_polygons, mask_to_polygons, measure_accuracy, read_meta, read_scenes, reasoning_query, render_scene,
+    rgb_to_ids, sample_scene, scene_rng, score_objects, write_split,
+)
+from omniplug.data.world.cli import main as world_main
+from omniplug.data.world.geometry import object_templates
+from omniplug.data.world.language import LOCATIONS, Desc, RefExpr
+from omniplug.data.world.vocab import COLOURS, COMPOSITES, DEFAULT_HOLDOUT, SHAPES, SIZES
+
+N = 24
+# pycocotools' RLE decoding trips a numpy 2 deprecation warning inside pycocotools itself.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world") / "train"
+    write_split(out_dir=out, n=N, seed=0, split="train")
+    return out
+
+
+def _load(path: Path):
+    return json.loads(path.read_text())
+
+
+def _png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_differs(split_dir, tmp_path):
+    write_split(out_dir=tmp_path / "again", n=N, seed=0, split="train")
+    write_split(out_dir=tmp_path / "other", n=N, seed=1, split="train")
+    first, again, other = _files(split_dir), _files(tmp_path / "again"), _files(tmp_path / "other")
+    assert first.keys() == again.keys() and all(first[k] == again[k] for k in first)
+    assert first["scenes.jsonl"] != other["scenes.jsonl"]
+    assert first["images/000000.png"] != other["images/000000.png"]
+
+
+def test_scene_regenerates_alone_and_round_trips(split_dir):
+    scenes = read_scenes(split_dir)
+    assert len(scenes) == N and [s.index for s in scenes] == list(range(N))
+    cfg = WorldConfig()
+    assert sample_scene(config=cfg, seed=0, split="train", index=17) == scenes[17]
+    image = _png(split_dir / "images" / "000017.png")
+    assert np.array_equal(render_scene(scenes[17]).image, image)
+    meta = read_meta(split_dir)
+    assert meta["n"] == N and meta["seed"] == 0 and meta["holdout"] == [f"{c} {s}" for c, s in DEFAULT_HOLDOUT]
+
+
+def test_coco_instances_load_with_pycocotools(split_dir):
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(split_dir / "instances.json"))
+    scenes = read_scenes(split_dir)
+    assert len(coco.getImgIds()) == N
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    assert set(SHAPES + COMPOSITES) <= set(names.values()) and "wheel" in names.values()
+    for scene in scenes[:8]:
+        r = render_scene(scene)
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[scene.index]))
+        objects = [a for a in anns if "part_of" not in a["attributes"]]
+        assert len(objects) == len(scene.objects)
+        for a in objects:
+            m = coco.annToMask(a).astype(bool)
+            i = r.position(a["attributes"]["object_id"])
+            assert np.array_equal(m, r.visible_mask(i)) and a["area"] == m.sum()
+            x, y, w, h = a["bbox"]
+            rows, cols = np.nonzero(m)
+            assert (x, y, w, h) == (cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)
+            assert names[a["category_id"]] == scene.objects[i].category
+            assert a["attributes"]["colour"] == scene.objects[i].colour
+        for a in anns:
+            if "part_of" in a["attributes"]:
+                parent = coco.anns[a["attributes"]["part_of"]]
+                assert not (coco.annToMask(a) & ~coco.annToMask(parent)).any()
+
+
+def test_panoptic_agrees_with_semantic_map(split_dir):
+    pan = _load(split_dir / "panoptic.json")
+    cats = {c["id"]: c for c in pan["categories"]}
+    assert {c["name"] for c in cats.values() if not c["isthing"]} == {"sky", "grass", "water"}
+    classes = _load(split_dir / "semantic_classes.json")
+    assert classes == list(SEMANTIC_CLASSES) and classes[0] == "unlabelled"
+    for ann in pan["annotations"]:
+        ids = rgb_to_ids(_png(split_dir / "panoptic" / ann["file_name"]))
+        sem = _png(split_dir / "semantic" / ann["file_name"])
+        covered = np.zeros(ids.shape, dtype=bool)
+        for seg in ann["segments_info"]:
+            m = ids == seg["id"]
+            assert m.sum() == seg["area"] > 0
+            assert (sem[m] == classes.index(cats[seg["category_id"]]["name"])).all()
+            covered |= m
+        assert covered.all() and (sem > 0).all()
+
+
+_REF_RE = re.compile(r"^the (?:(small|large) )?(?:(%s) )?(\w+)(?: (%s))?$" % (
+    "|".join(COLOURS), "|".join(LOCATIONS.values())))
+
+
+def test_refs_are_unique_and_point_at_their_object(split_dir):
+    refs = _load(split_dir / "refs.json")
+    anns = {a["id"]: a for a in _load(split_dir / "instances.json")["annotations"]}
+    scenes = read_scenes(split_dir)
+    loc = {v: k for k, v in LOCATIONS.items()}
+    assert refs
+    for ref in refs:
+        ann = anns[ref["ann_id"]]
+        assert ann["image_id"] == ref["image_id"] and ann["category_id"] == ref["category_id"]
+        scene = scenes[ref["image_id"]]
+        for sent in ref["sentences"]:
+            m = _REF_RE.match(sent["sent"])
+            assert m, sent["sent"]
+            size, colour, noun, where = m.groups()
+            expr = RefExpr(desc=Desc(category=None if noun == "object" else noun, colour=colour, size=size),
+                           location=loc.get(where))
+            hits = expr.resolve(scene)  # parsed back from the text, resolved independently
+            assert [h.id for h in hits] == [ann["attributes"]["object_id"]], sent["sent"]
+            assert sent["tokens"] == sent["sent"].split()
+
+
+def test_reasoning_queries_unique_and_polygons_exact(split_dir):
+    files = sorted((split_dir / "reason_seg").glob("*.json"))
+    assert len(files) >= N * 0.8
+    for f in files:
+        doc = _load(f)
+        assert doc["is_sentence"] is True and doc["text"] and (f.with_suffix(".png")).is_file()
+        mask = decode_rle(doc["mask_rle"])
+        polys = [s["points"] for s in doc["shapes"] if s["label"] == "target"]
+        assert mask.any() and np.array_equal(fill_polygons(polys, height=mask.shape[0], width=mask.shape[1]), mask)
+    cfg, kinds = WorldConfig(), Counter()
+    for i in range(60):
+        scene = sample_scene(config=cfg, seed=5, split="val", index=i)
+        r = render_scene(scene)
+        found = reasoning_query(r, scene_rng(seed=5, split="val", index=i, stream="language"))
+        if found is None:
+            continue
+        target, texts = found
+        kinds[target.query.op] += 1
+        assert [o.id for o in evaluate(target.query, scene)] == [target.object_id]
+        assert all(target.query.text() in t for t in texts)
+        if target.part is None:
+            assert not r.objects[r.position(target.object_id)].occluded
+    assert len(kinds) >= 6, kinds
+
+
+def test_holdout_combinations(tmp_path):
+    cfg, held = WorldConfig(), set(DEFAULT_HOLDOUT)
+    for split in ("train", "val", "test"):
+        for i in range(150):
+            scene = sample_scene(config=cfg, seed=3, split=split, index=i)
+            assert not {(o.colour, o.category) for o in scene.objects} & held
+    for i in range(150):
+        scene = sample_scene(config=cfg, seed=3, split="holdout", index=i)
+        assert {(o.colour, o.category) for o in scene.objects} & held
+    write_split(out_dir=tmp_path / "t", n=10, seed=3, split="train")
+    text = (tmp_path / "t" / "llava.json").read_text() + (tmp_path / "t" / "editing.jsonl").read_text()
+    assert not any(f"{c} {s}" in text for c, s in held)
+
+
+def test_editing_changes_only_inside_mask(split_dir):
+    lines = (split_dir / "editing.jsonl").read_text().splitlines()
+    assert len(lines) >= N * 0.8
+    for line in lines:
+        e = json.loads(line)
+        src, tgt = _png(split_dir / e["source"]), _png(split_dir / e["target"])
+        mask = _png(split_dir / e["mask"]) > 0
+        diff = (src != tgt).any(-1)
+        assert diff.any() and not (diff & ~mask).any(), e["instruction"]
+
+
+def test_generation_captions_parse_back(split_dir):
+    for line in (split_dir / "generation.jsonl").read_text().splitlines():
+        g = json.loads(line)
+        scene = Scene.from_json(g["scene"])
+        assert 1 <= len(scene.objects) <= 3 and (split_dir / g["image"]).is_file()
+        assert score_objects(detected=expected_from_caption(g["caption"]), expected=scene.objects).exact
+
+
+def test_caption_lists_every_object():
+    cfg = WorldConfig()
+    for i in range(50):
+        scene = sample_scene(config=cfg, seed=2, split="test", index=i)
+        text = caption(scene, np.random.default_rng(i))
+        assert score_objects(detected=expected_from_caption(text), expected=expected_from_scene(scene)).exact
+
+
+def test_analyser_recovers_clean_renders():
+    cfg = WorldConfig()
+    scenes = [sample_scene(config=cfg, seed=9, split="test", index=i) for i in range(200)]
+    report = measure_accuracy(scenes)
+    assert report.exact_all >= 0.98 and report.exact_shapes >= 0.98, report.summary()
+
+
+@pytest.mark.parametrize("size", [48, 96])
+def test_other_image_sizes(size):
+    cfg = WorldConfig(size=size)
+    scenes = [sample_scene(config=cfg, seed=1, split="train", index=i) for i in range(20)]
+    assert all(render_scene(s).image.shape == (size, size, 3) for s in scenes)
+    assert measure_accuracy(scenes).exact_all >= 0.95
+
+
+def test_template_polygons_fill_back_exactly():
+    for category in SHAPES + COMPOSITES:
+        for size in SIZES:
+            for t in object_templates(category, size, 64):
+                m = np.pad(t.mask, 2)
+                assert np.array_equal(fill_polygons(mask_to_polygons(m), height=m.shape[0], width=m.shape[1]), m)
+
+
+def test_cli_refuses_non_empty_dir(tmp_path, capsys):
+    out = tmp_path / "split"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert world_main(["generate", "--out", str(out), "--n", "2", "--no-progress"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert world_main(["generate", "--out", str(out), "--n", "2", "--no-progress", "--overwrite"]) == 2
+    assert (out / "notes.txt").read_text() == "mine"  # never deletes what it did not write
+    fresh = tmp_path / "fresh"
+    assert world_main(["generate", "--out", str(fresh), "--n", "2", "--no-progress"]) == 0
+    assert world_main(["generate", "--out", str(fresh), "--n", "3", "--no-progress", "--overwrite"]) == 0
+    assert len(read_scenes(fresh)) == 3
+
+
+def test_config_errors_say_what_to_do():
+    with pytest.raises(ValueError, match=">= 48"):
+        WorldConfig(size=32)
+    with pytest.raises(ValueError, match="unknown hold-out colour"):
+        WorldConfig(holdout=(("teal", "star"),))
