@@ -14,7 +14,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.expanduser("~
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared 2-core machine
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,8 @@ CASES = {
     ("projector", "linear"): lambda d: {"in_features": 64, "out_features": 32},
     ("projector", "mlp"): lambda d: {"in_features": 64, "out_features": 32, "depth": 2, "activation": "relu"},
     ("projector", "llava"): lambda d: {"model_name_or_path": str(d / "llava")},
+    ("projector", "gen_transformer"): lambda d: {"in_features": 64, "out_features": 32, "num_queries": 5, "width": 32,
+                                                 "heads": 4, "depth": 1},
     ("tokenizer", "hf"): lambda d: {"model_name_or_path": str(d / "llama")},
     ("llm", "hf_causal_lm"): lambda d: {"model_name_or_path": str(d / "llama")},
     ("llm", "llava"): lambda d: {"model_name_or_path": str(d / "llava")},
@@ -164,7 +166,7 @@ def test_decoder_contract_inside_one_model(alias, tiny_dir, tmp_path):
     out.loss.backward()
     task = next(iter(model.decoders))
     assert any(p.grad is not None for p in model.decoders[task].parameters() if p.requires_grad) or \
-        any(p.grad is not None for p in model.out_projectors[task].parameters())
+        any(p.grad is not None for p in (model.out_projectors[task] if task in model.out_projectors else model.llm).parameters())
     save_trainable(model, tmp_path / "ckpt")
     again = build_model(path).eval()
     load_trainable(again, tmp_path / "ckpt")

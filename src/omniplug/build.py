@@ -11,7 +11,7 @@ from omniplug.base import Decoder, Encoder, LanguageModel, Projector, Tokenizer
 from omniplug.config import Config, EntryConfig, load_config
 from omniplug.hf import shared_loads
 from omniplug.model import OneModel
-from omniplug.registry import REGISTRIES
+from omniplug.registry import REGISTRIES, load_builtin_plugins
 from omniplug.schema import ConfigError, signature_params
 from omniplug.trainability import apply_train_mode
 
@@ -19,6 +19,7 @@ from omniplug.trainability import apply_train_mode
 def build_entry(entry: EntryConfig, **supplied: Any) -> Any:
     """Instantiate one catalogue entry; ``supplied`` fills arguments the YAML left out and is
     checked against values the YAML did give."""
+    load_builtin_plugins()
     cls = REGISTRIES[entry.section].get(entry.type)
     params = dict(entry.params)
     accepted = signature_params(cls)

@@ -55,5 +55,17 @@ def load_pretrained(cls: Any, path: Path, **kwargs: Any) -> Any:
     return obj
 
 
+def init_from_config(cls: Any, path: Path, **kwargs: Any) -> Any:
+    """A randomly initialised model of ``cls`` from the ``config.json`` in ``path`` (no weights read):
+    the ``from_scratch: true`` option of HF-backed plugins, for models trained from nothing (the
+    global seed, set by the training loop, makes the initialisation reproducible)."""
+    if cls.__name__.startswith("Auto"):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        return cls.from_config(config, **kwargs)
+    return cls(cls.config_class.from_pretrained(str(path)), **kwargs)
+
+
 def _accepts_remote_code(cls: Any) -> bool:
     return cls.__name__.startswith("Auto")

@@ -14,7 +14,7 @@ one forward pass over prompt + generated answer, exactly as in training (teacher
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -122,11 +122,17 @@ class OneModel(nn.Module):
 
     def decoder_input(self, task: str, hidden: Tensor, batch_index: Tensor, positions: Tensor, *,
                       features: ImageFeatures | None, pixels: Any, image_sizes: list[tuple[int, int]] | None,
-                      batch_size: int) -> DecoderInput:
+                      batch_size: int, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                      logits: Tensor | None = None) -> DecoderInput:
         gathered = hidden[batch_index.unsqueeze(1), positions]  # (M, K, H)
         prompts = self.out_projectors[task](gathered) if task in self.out_projectors else gathered
-        return DecoderInput(prompts=prompts, batch_index=batch_index, batch_size=batch_size, image_features=features,
-                            pixels=pixels, image_sizes=image_sizes)
+        inp = DecoderInput(prompts=prompts, batch_index=batch_index, batch_size=batch_size, image_features=features,
+                           pixels=pixels, image_sizes=image_sizes)
+        span = self.decoders[task].answer_length
+        if span and input_ids is not None and logits is not None:
+            inp.answer_ids, inp.answer_logits = _answer_span(input_ids, attention_mask, logits, batch_index,
+                                                             positions[:, -1], span)
+        return inp
 
     # --- training ---------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> ModelOutput:
@@ -146,7 +152,8 @@ class OneModel(nn.Module):
                 continue
             inp = self.decoder_input(task, out.hidden_states, b_idx, pos, features=features,
                                      pixels=batch.decoder_pixels.get(task), image_sizes=batch.image_sizes,
-                                     batch_size=batch.input_ids.shape[0])
+                                     batch_size=batch.input_ids.shape[0], input_ids=batch.input_ids,
+                                     attention_mask=batch.attention_mask, logits=out.logits)
             dec_out = decoder(inp)
             decoder_outputs[task] = dec_out
             weight = self.decoder_loss_weights.get(task, 1.0)
@@ -159,11 +166,18 @@ class OneModel(nn.Module):
     # --- inference --------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, batch: Batch, *, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, max_task_tokens: int = 16) -> Generation:
+                 top_p: float = 1.0, max_task_tokens: int = 16, answer_prefix: str | None = None) -> Generation:
         """Answer a left-padded batch of prompts; run every decoder whose trigger tokens appear in
-        the answer (at most ``max_task_tokens`` occurrences per task and sample)."""
+        the answer (at most ``max_task_tokens`` occurrences per task and sample). ``answer_prefix``
+        (template text, special tokens allowed, e.g. ``"<act>"``) starts every answer."""
         if batch.input_ids.shape[1] and bool((batch.attention_mask[:, -1] == 0).any()):
             raise ShapeError("generate() needs left-padded prompts (collate with padding_side='left')")
+        prefix_ids = self.tokenizer.encode(answer_prefix, special=True) if answer_prefix else []
+        if prefix_ids:  # left padding: every row ends at the last column, so the prefix is appended to all
+            prefix = torch.tensor(prefix_ids, dtype=batch.input_ids.dtype, device=batch.input_ids.device)
+            batch = replace(batch, input_ids=torch.cat([batch.input_ids, prefix.expand(batch.input_ids.shape[0], -1)], 1),
+                            attention_mask=torch.cat([batch.attention_mask, batch.attention_mask.new_ones(
+                                batch.attention_mask.shape[0], len(prefix_ids))], 1))
         embeds, features = self.embed_inputs(batch.input_ids, batch.pixel_values)
         gen = self.llm.generate(embeds, batch.attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                 temperature=temperature, top_p=top_p, eos_token_id=self.tokenizer.eos_id,
@@ -175,6 +189,7 @@ class OneModel(nn.Module):
             ids = new_ids[i, : int(lengths[i])].tolist()
             if ids and ids[-1] == self.tokenizer.eos_id:
                 ids = ids[:-1]
+            ids = prefix_ids + ids
             id_lists.append(ids)
             texts.append(self.tokenizer.decode(ids, skip_special=False).strip())
         result = Generation(texts=texts, token_ids=id_lists)
@@ -185,8 +200,9 @@ class OneModel(nn.Module):
         new_mask = (arange.unsqueeze(0) < lengths.unsqueeze(1)).to(batch.attention_mask.dtype)
         full_mask = torch.cat([batch.attention_mask, new_mask], dim=1)
         full_embeds = torch.cat([embeds, self.llm.embed(new_ids)], dim=1)
-        hidden = self.llm(full_embeds, full_mask).hidden_states
-        start = torch.full((bsz,), prompt_len, device=full_ids.device)
+        full_out = self.llm(full_embeds, full_mask)
+        hidden = full_out.hidden_states
+        start = torch.full((bsz,), prompt_len - len(prefix_ids), device=full_ids.device)
         end = prompt_len + lengths
         for task, decoder in self.decoders.items():
             b_idx, pos = self.trigger_occurrences(full_ids, task, start=start, end=end, strict=False)
@@ -195,12 +211,29 @@ class OneModel(nn.Module):
             if len(b_idx):
                 inp = self.decoder_input(task, hidden, b_idx, pos, features=features,
                                          pixels=batch.decoder_pixels.get(task), image_sizes=batch.image_sizes,
-                                         batch_size=bsz)
+                                         batch_size=bsz, input_ids=full_ids, attention_mask=full_mask,
+                                         logits=full_out.logits)
+                inp.context = dict(result.decoder_outputs)
                 items = decoder.postprocess(decoder(inp), inp)
                 for b, item in zip(b_idx.tolist(), items):
                     per_sample[b].append(item)
             result.decoder_outputs[task] = per_sample
         return result
+
+
+def _answer_span(input_ids: Tensor, attention_mask: Tensor | None, logits: Tensor, batch_index: Tensor,
+                 last: Tensor, span: int) -> tuple[Tensor, Tensor]:
+    """The ``span`` tokens after each trigger run (ending at ``last``) and the logits that predicted
+    them: (M, S) ids (-1 past the text or on padding) and (M, S, vocab) logits."""
+    t = input_ids.shape[1]
+    tok_pos = last.unsqueeze(1) + 1 + torch.arange(span, device=input_ids.device)  # (M, S)
+    safe = tok_pos.clamp(max=t - 1)
+    rows = batch_index.unsqueeze(1)
+    valid = tok_pos < t
+    if attention_mask is not None:
+        valid &= attention_mask[rows, safe].bool()
+    ids = torch.where(valid, input_ids[rows, safe], torch.full_like(safe, -1))
+    return ids, logits[rows, safe - 1]
 
 
 def _cap_per_sample(b_idx: Tensor, pos: Tensor, cap: int) -> tuple[Tensor, Tensor]:

@@ -155,7 +155,8 @@ def write_all(out: str | Path) -> dict[str, Path]:
 
 
 #: modules that register extra writers (segmentation, generation, ...): fn(out_dir) -> {name: path}
-_WRITER_MODULES: tuple[str, ...] = ()
+_WRITER_MODULES: tuple[str, ...] = ("omniplug.decoders.sam_tiny", "omniplug.decoders.diffusion_tiny",
+                                      "omniplug.envs.tiny_act")
 _EXTRA_WRITERS: list = []
 
 

@@ -44,6 +44,13 @@ class DecoderInput:
     image_features: ImageFeatures | None = None  # the shared encoder's output for the batch
     pixels: Any = None  # the decoder's own prepared images (see Decoder.prepare_images), per sample
     image_sizes: list[tuple[int, int]] | None = None  # original (height, width) per sample
+    # text decoders (Decoder.answer_length = S > 0): the S tokens after each trigger run (-1 past the
+    # end of the text) and the logits that predicted them (teacher-forced in training, generated at inference)
+    answer_ids: Tensor | None = None  # (M, S) long
+    answer_logits: Tensor | None = None  # (M, S, vocab)
+    # at inference: postprocessed outputs of the decoders that ran before this one on the same batch
+    # (task -> per sample -> items, decoders run in one_model.decoders order), e.g. <seg> masks for an edit
+    context: dict[str, list[list[Any]]] = field(default_factory=dict)
 
 
 @dataclass

@@ -15,7 +15,16 @@ CONFIG_NAME = "config.yaml"
 
 
 def trainable_state_dict(model) -> dict[str, Tensor]:
-    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    """Trainable parameters, plus the decoders' persistent buffers: state that belongs with the trained
+    weights although no optimizer updates it (e.g. action normalisation statistics, a fitted codebook)."""
+    state = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    decoders = getattr(model, "decoders", None)
+    if decoders is not None:
+        for mod_name, mod in decoders.named_modules(prefix="decoders"):
+            for name, buf in mod.named_buffers(recurse=False):
+                if buf is not None and name not in mod._non_persistent_buffers_set:
+                    state[f"{mod_name}.{name}"] = buf.detach().contiguous()
+    return state
 
 
 def save_trainable(model, directory: str | Path) -> Path:
@@ -43,7 +52,7 @@ def load_trainable(model, path: str | Path) -> None:
         state = load_file(str(file))
     except Exception as exc:
         raise ConfigError(f"cannot read weights {file}: {exc}") from None
-    params = dict(model.named_parameters())
+    params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     own = trainable_state_dict(model)
     missing = sorted(set(own) - set(state))
     unknown = sorted(set(state) - set(params))

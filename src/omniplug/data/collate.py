@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import torch
 
-from omniplug.data.conversation import encode_chat
+from omniplug.data.conversation import Turn, encode_chat
 from omniplug.data.sample import Sample
 from omniplug.types import Batch
 
@@ -33,6 +34,7 @@ class Collator:
         encoded = []
         for s in samples:
             turns = s.turns[:-1] if self.for_generation and s.turns and s.turns[-1].role == "assistant" else s.turns
+            turns = self._write_answer_text(turns, s)
             enc = encode_chat(self.tokenizer, turns, conv_type=self.conv_type, image_token=self.image_token,
                               image_tokens_per_image=self.tokens_per_image, add_generation_prompt=self.for_generation)
             if enc.num_images != len(s.images):
@@ -67,3 +69,29 @@ class Collator:
                              for i, s in enumerate(samples) for t in s.targets.get(task, [])]
         return Batch(input_ids=ids, attention_mask=mask, labels=None if self.for_generation else labels,
                      pixel_values=pixel_values, image_sizes=sizes, decoder_pixels=decoder_pixels, targets=targets)
+
+    def _write_answer_text(self, turns: list[Turn], sample: Sample) -> list[Turn]:
+        """Text decoders (``answer_length > 0``, e.g. action tokens) write what follows each of their
+        triggers in an assistant turn: occurrence i gets ``decoder.answer_text(targets[task][i])``."""
+        for task, dec in self.decoders.items():
+            trigger = "".join(dec.tokens)
+            if not dec.answer_length or not any(t.role == "assistant" and trigger in t.text for t in turns):
+                continue
+            targets = list(sample.targets.get(task, []))
+            used = 0
+            out = []
+            for turn in turns:
+                if turn.role != "assistant" or trigger not in turn.text:
+                    out.append(turn)
+                    continue
+                pieces = turn.text.split(trigger)
+                if used + len(pieces) - 1 > len(targets):
+                    raise ValueError(f"sample {sample.meta.get('id', '?')}: more {trigger!r} in the answers than "
+                                     f"{len(targets)} target(s) for task {task!r}")
+                text = pieces[0]
+                for piece in pieces[1:]:
+                    text += trigger + dec.answer_text(targets[used]) + piece
+                    used += 1
+                out.append(replace(turn, text=text))
+            turns = out
+        return turns

@@ -10,7 +10,7 @@ from transformers import CLIPVisionModel
 
 from omniplug.base import Encoder
 from omniplug.encoders import _clip_common as common
-from omniplug.hf import load_pretrained, local_checkpoint
+from omniplug.hf import init_from_config, load_pretrained, local_checkpoint
 from omniplug.registry import ENCODERS
 from omniplug.types import ImageFeatures
 
@@ -27,10 +27,11 @@ class ClipEncoder(Encoder):
         freeze: bool = True,
         select_feature_layer: int = -2,
         select_feature: Literal["patch", "cls_patch"] = "patch",
+        from_scratch: bool = False,
     ) -> None:
         super().__init__()
         path = local_checkpoint(model_name_or_path, what="encoder clip")
-        self.model = load_pretrained(CLIPVisionModel, path)
+        self.model = init_from_config(CLIPVisionModel, path) if from_scratch else load_pretrained(CLIPVisionModel, path)
         cfg = self.model.config
         n_layers = cfg.num_hidden_layers
         if not -(n_layers + 1) <= select_feature_layer <= n_layers:

@@ -1,0 +1,122 @@
+"""``omniplug eval -c CONFIG [overrides] [--json] [--data DIR]``: gIoU / cIoU per dataset and overall.
+
+Evaluates the ``data.eval`` datasets of the config, or the segmentation set in ``--data DIR``
+(its format found from its files: ``refs.json`` -> refcoco, ``classes.json`` -> semantic_seg,
+image + same-named ``.json`` -> reason_seg; or say ``--data-type``). See
+``omniplug.eval.segmentation`` for the metrics and the two modes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from omniplug.cli import command
+from omniplug.schema import ConfigError
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, help="YAML config file (one_model.weights picks trained weights)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--data", metavar="DIR", help="evaluate this dataset directory instead of data.eval")
+    p.add_argument("--data-type", choices=("refcoco", "reason_seg", "semantic_seg"), help="format of --data")
+    p.add_argument("--split", default="val", help="split for a refcoco-layout --data (default: val)")
+    p.add_argument("--mode", choices=("teacher_forced", "generated", "both"), default="teacher_forced",
+                   help="teacher_forced: masks of the reference answer's <seg> (LISA's eval); generated: of the model's "
+                        "own greedy answer; both: {mode: metrics}")
+    p.add_argument("--max-samples", type=int, default=None, help="per dataset (default: trainer.eval_max_samples)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: trainer.batch_size_eval")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="generated mode only")
+    p.add_argument("--out", metavar="FILE", help="also write the JSON metrics to FILE")
+    p.add_argument("--device", default=None)
+    p.add_argument("--env", help="closed-loop evaluation on this environment instead (e.g. babyai-gotolocal): success "
+                   "rate, mean return, episode length and rollouts.gif (docs/actions.md)")
+    p.add_argument("--episodes", type=int, default=50, help="--env: episodes, seeds --seed, --seed+1, ...")
+    p.add_argument("--seed", type=int, default=100_000, help="--env: first seed (keep apart from the demonstrations')")
+    p.add_argument("--num-envs", type=int, default=8, help="--env: environments stepped together (one model call)")
+    p.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="--env: environment option, e.g. view=agent (repeatable)")
+
+
+def dataset_from_dir(path: str | Path, *, data_type: str | None = None, split: str = "val"):
+    """A segmentation dataset for a directory, its format given or found from its files."""
+    from omniplug.build import build_entry
+    from omniplug.config import EntryConfig
+    from omniplug.registry import load_builtin_plugins
+
+    load_builtin_plugins()
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {root}: not a directory")
+    if data_type is None:
+        if (root / "refs.json").is_file() and (root / "instances.json").is_file():
+            data_type = "refcoco"
+        elif (root / "classes.json").is_file():
+            data_type = "semantic_seg"
+        elif any(p.suffix == ".json" and any(p.with_suffix(s).is_file() for s in (".jpg", ".jpeg", ".png"))
+                 for p in root.iterdir()):
+            data_type = "reason_seg"
+        else:
+            raise ValueError(f"--data {root}: cannot tell the format (expected refs.json + instances.json, classes.json "
+                             f"+ images/ + labels/, or images with same-named .json); pass --data-type")
+    kwargs = {"data_dir": str(root)}
+    if data_type == "refcoco":
+        kwargs["split"] = split
+    if data_type == "semantic_seg":
+        kwargs["classes_per_sample"] = None  # every present class
+    return build_entry(EntryConfig(section="dataset", name=root.name, type=data_type, params=kwargs, source="--data"))
+
+
+@command("eval", "evaluate segmentation (gIoU / cIoU) on the config's eval datasets or a directory")(_args)
+def _run(args: argparse.Namespace) -> int:
+    from omniplug.build import build_entry, build_model
+    from omniplug.config import load_config
+    from omniplug.eval.segmentation import evaluate_segmentation
+
+    cfg = load_config(args.config, args.overrides)
+    if args.env:
+        return _run_env(args, cfg)
+    if args.data:
+        datasets = {Path(args.data).name: dataset_from_dir(args.data, data_type=args.data_type, split=args.split)}
+    else:
+        if not cfg.data.eval:
+            raise ConfigError(f"{cfg.source}: data.eval lists no dataset; add dataset entries there or pass --data DIR")
+        datasets = {name: build_entry(cfg.entry("dataset", name, where="data.eval")) for name in cfg.data.eval}
+    model = build_model(cfg)
+    if args.device:
+        model.to(args.device)
+    options = dict(batch_size=args.batch_size or cfg.trainer.batch_size_eval,
+                   max_samples=args.max_samples if args.max_samples is not None else cfg.trainer.eval_max_samples,
+                   max_length=cfg.data.max_length, max_new_tokens=args.max_new_tokens)
+    modes = ["teacher_forced", "generated"] if args.mode == "both" else [args.mode]
+    results = {mode: evaluate_segmentation(model, datasets, mode=mode, **options) for mode in modes}
+    report = results if args.mode == "both" else results[args.mode]
+    if args.out:
+        Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).expanduser().write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for mode, table in results.items():
+        print(f"{mode}:")
+        print(f"  {'dataset':<24} {'gIoU':>7} {'cIoU':>7} {'n':>6}")
+        for name, m in table.items():
+            print(f"  {name:<24} {m['giou']:7.4f} {m['ciou']:7.4f} {m['n']:6d}")
+    return 0
+
+
+def _run_env(args: argparse.Namespace, cfg) -> int:
+    """Closed-loop rollouts of the config's action decoder (see ``omniplug.envs.rollout``)."""
+    from omniplug.envs.base import parse_options
+    from omniplug.envs.rollout import evaluate_config
+
+    out_dir = Path(args.out).expanduser().parent if args.out else Path(cfg.trainer.output_dir) / f"eval_{args.env}"
+    report = evaluate_config(cfg, env=args.env, episodes=args.episodes, seed=args.seed, num_envs=args.num_envs,
+                             env_options=parse_options(args.env_option), out_dir=out_dir)
+    if args.out:
+        Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).expanduser().write_text(json.dumps(report.to_json(), indent=2))
+    print(json.dumps(report.summary(), indent=2))
+    return 0

@@ -1,0 +1,66 @@
+"""Dataset ``demos``: expert demonstrations (``omniplug demos collect``) as action samples.
+
+Every step of every (successful, by default) episode is one sample: the frame the agent saw and
+its instruction in the user turn, the answer ``<act>``, and the target an
+:class:`~omniplug.actions.ActionTarget` with the action taken and the ones after it (up to
+``max_future``; action decoders cut their chunk from it). The dataset does not depend on the
+adapter: the same demonstrations train words, new tokens, bins, residual VQ or regression.
+
+Episodes are split by position in the index: ``val_episodes`` at the end are ``split: val``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from omniplug.actions.episodes import read_episode, read_index, read_meta
+from omniplug.actions.space import DEFAULT_PROMPT, ActionSpace, ActionTarget
+from omniplug.data.conversation import Turn
+from omniplug.data.sample import Sample
+from omniplug.registry import DATASETS
+
+
+@DATASETS.register("demos")
+class DemoDataset(Dataset):
+    def __init__(self, *, data_dir: str, split: Literal["train", "val", "all"] = "all", val_episodes: int = 0,
+                 max_episodes: int | None = None, success_only: bool = True, prompt: str = DEFAULT_PROMPT,
+                 trigger: str = "<act>", task: str = "act", max_future: int = 16, stride: int = 1,
+                 image_size: int | None = None) -> None:
+        meta = read_meta(data_dir)
+        self.space = ActionSpace.from_json(meta["action_space"])
+        records = read_index(data_dir)
+        if split == "train":
+            records = records[: len(records) - val_episodes]
+        elif split == "val":
+            records = records[len(records) - val_episodes:] if val_episodes else []
+        if success_only:
+            records = [r for r in records if r.success]
+        if max_episodes is not None:
+            records = records[:max_episodes]
+        if "{instruction}" not in prompt:
+            raise ValueError(f"prompt {prompt!r} must contain '{{instruction}}'")
+        self.data_dir, self.prompt, self.trigger, self.task = data_dir, prompt, trigger, task
+        self.max_future, self.image_size = max_future, image_size
+        self.env = meta.get("env", "")
+        self.episodes = [read_episode(data_dir, r) for r in records]
+        self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(0, ep.length, stride)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Sample:
+        e, t = self.index[i]
+        ep = self.episodes[e]
+        image = Image.fromarray(ep.frames[t])
+        if self.image_size is not None and image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+        target = ActionTarget(future=np.asarray(ep.actions[t: t + self.max_future]),
+                              meta={"episode": e, "step": t, "seed": ep.seed})
+        return Sample(turns=[Turn(role="user", text=self.prompt.format(instruction=ep.instruction), images=1),
+                             Turn(role="assistant", text=self.trigger)],
+                      images=[image], targets={self.task: [target]},
+                      meta={"id": f"{self.env}/{ep.seed}/{t}", "dataset": "demos"})

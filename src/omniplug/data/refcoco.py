@@ -1,0 +1,133 @@
+"""Dataset ``refcoco``: referring-expression segmentation (refCOCO / refCOCO+ / refCOCOg layout).
+
+Files under ``data_dir``:
+
+* ``instances.json`` — COCO instances (``images``, ``annotations`` with polygon or RLE
+  ``segmentation``, ``categories``);
+* ``refs.json`` — ``[{ref_id, ann_id, image_id, category_id, split, sentences: [{sent, sent_id,
+  tokens}]}]``. The original ``refs(unc).p`` is a Python pickle; omniplug never unpickles
+  files (that can run code) — convert it once to JSON with a tool you trust;
+* images in ``image_dir`` (relative to ``data_dir`` or absolute), named by ``file_name``.
+
+``refs_per_sample: 1`` gives one sample per (ref, sentence): the question asks for one object, the
+answer holds one ``<seg>``. ``refs_per_sample: k > 1`` gives one sample per group of up to k refs of
+an image (one sentence each): "Please segment the a and the b." -> "the a: <seg>, the b: <seg>.",
+masks in that order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from omniplug.data import seg_common as sc
+from omniplug.data.conversation import Turn
+from omniplug.data.images import open_image
+from omniplug.data.sample import Sample
+from omniplug.registry import DATASETS
+
+_PICKLE_SUFFIXES = (".p", ".pkl", ".pickle")
+
+
+@DATASETS.register("refcoco")
+class RefCocoDataset(Dataset):
+    def __init__(self, *, data_dir: str, split: str = "train", instances_file: str = "instances.json",
+                 refs_file: str = "refs.json", image_dir: str = "images", refs_per_sample: int = 1,
+                 question_templates: tuple[str, ...] = sc.REFER_QUESTIONS, answer_templates: tuple[str, ...] = sc.ANSWERS,
+                 multi_question_template: str = "Please segment the {sent}.",
+                 multi_answer_item: str = "{sent}: <seg>", seg_token: str = "<seg>", task: str = "seg", seed: int = 0,
+                 max_samples: int | None = None, name: str = "refcoco") -> None:
+        root = Path(data_dir).expanduser()
+        what = f"dataset refcoco ({root})"
+        refs_path, inst_path = root / refs_file, root / instances_file
+        if refs_path.suffix.lower() in _PICKLE_SUFFIXES:
+            raise ValueError(
+                f"{what}: refs_file {refs_file!r} is a pickle; omniplug does not unpickle files (unpickling runs code). "
+                f"Convert it once to JSON with a tool you trust, e.g. python -c \"import json,pickle; "
+                f"json.dump(pickle.load(open('{refs_file}','rb')), open('refs.json','w'))\", then set refs_file: refs.json"
+            )
+        for p, key in ((refs_path, "refs_file"), (inst_path, "instances_file")):
+            if not p.is_file():
+                raise FileNotFoundError(f"{what}: {key} {p} not found")
+        if refs_per_sample < 1:
+            raise ValueError(f"{what}: refs_per_sample must be >= 1, got {refs_per_sample}")
+        sc.check_templates(question_templates, answer_templates, what=what)
+        sc.check_templates([multi_question_template], [multi_answer_item], what=what)
+        refs = _read_json(refs_path, what)
+        inst = _read_json(inst_path, what)
+        if not isinstance(refs, list) or not isinstance(inst, dict) or "annotations" not in inst or "images" not in inst:
+            raise ValueError(f"{what}: expected refs.json to be a list of refs and instances.json a COCO dict "
+                             f"with 'images' and 'annotations'")
+        self.images = {im["id"]: im for im in inst["images"]}
+        self.anns = {a["id"]: a for a in inst["annotations"]}
+        self.categories = {c["id"]: c.get("name", str(c["id"])) for c in inst.get("categories", [])}
+        self.refs = [r for r in refs if r.get("split") == split]
+        if not self.refs:
+            splits = sorted({str(r.get("split")) for r in refs})
+            raise ValueError(f"{what}: no refs with split {split!r}; splits in {refs_file}: {', '.join(splits)}")
+        for r in self.refs:
+            if r["ann_id"] not in self.anns or r["image_id"] not in self.images or not r.get("sentences"):
+                raise ValueError(f"{what}: ref {r.get('ref_id')} points at a missing annotation/image or has no sentences")
+        self.image_dir = Path(image_dir).expanduser()
+        if not self.image_dir.is_absolute():
+            self.image_dir = root / self.image_dir
+        self.refs_per_sample = refs_per_sample
+        self.questions, self.answers = tuple(question_templates), tuple(answer_templates)
+        self.multi_question, self.multi_item = multi_question_template, multi_answer_item
+        self.seg_token, self.task, self.seed, self.name = seg_token, task, seed, name
+        # items: (ref index, sentence index) or a group of ref indices of one image
+        if refs_per_sample == 1:
+            self.items: list = [(i, j) for i, r in enumerate(self.refs) for j in range(len(r["sentences"]))]
+        else:
+            by_image: dict[int, list[int]] = {}
+            for i, r in enumerate(self.refs):
+                by_image.setdefault(r["image_id"], []).append(i)
+            self.items = [group[k:k + refs_per_sample] for group in by_image.values()
+                          for k in range(0, len(group), refs_per_sample)]
+        if max_samples is not None:
+            self.items = self.items[:max_samples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def mask(self, ref: dict) -> np.ndarray:
+        ann, info = self.anns[ref["ann_id"]], self.images[ref["image_id"]]
+        return sc.decode_coco_segmentation(ann["segmentation"], int(info["height"]), int(info["width"]))
+
+    def __getitem__(self, idx: int) -> Sample:
+        rng = sc.rng_for(self.seed, idx)
+        item = self.items[idx]
+        if self.refs_per_sample == 1:
+            ref_idx, sent_idx = item
+            refs, sents = [self.refs[ref_idx]], [self.refs[ref_idx]["sentences"][sent_idx]]
+            phrase = sc.clean_phrase(sents[0]["sent"])
+            question = rng.choice(self.questions).format(sent=phrase)
+            answer = sc.with_token(rng.choice(self.answers), self.seg_token)
+        else:
+            refs = [self.refs[i] for i in item]
+            sents = [rng.choice(r["sentences"]) for r in refs]
+            phrases = [sc.clean_phrase(s["sent"]) for s in sents]
+            question = self.multi_question.format(sent=sc.join_phrases(phrases))
+            answer = ", ".join(sc.with_token(self.multi_item.format(sent=p), self.seg_token) for p in phrases) + "."
+        info = self.images[refs[0]["image_id"]]
+        image = open_image(self.image_dir / info["file_name"])
+        masks = [self.mask(r) for r in refs]
+        if masks[0].shape != (image.height, image.width):
+            raise ValueError(f"dataset {self.name}: image {info['file_name']} is {image.height}x{image.width} but "
+                             f"instances.json says {masks[0].shape[0]}x{masks[0].shape[1]}")
+        meta = {"dataset": self.name, "id": "+".join(f"{r['ref_id']}:{s.get('sent_id', '')}" for r, s in zip(refs, sents)),
+                "image_id": info["id"], "file_name": info["file_name"], "ref_ids": [r["ref_id"] for r in refs],
+                "ann_ids": [r["ann_id"] for r in refs], "labels": [sc.clean_phrase(s["sent"]) for s in sents],
+                "categories": [self.categories.get(r.get("category_id"), None) for r in refs]}
+        return Sample(turns=[Turn(role="user", text=question, images=1), Turn(role="assistant", text=answer)],
+                      images=[image], targets={self.task: masks}, meta=meta)
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}: {path} is not valid JSON: {exc}") from None

@@ -1,0 +1,87 @@
+"""Dataset ``world``: one task of a procedural-world split, read by the standard reader for it.
+
+The split is generated on first use (deterministically, from ``seed``) when ``root`` holds none,
+so ``omniplug train -c configs/default/omni_tiny.yaml`` reproduces the default model from nothing.
+The data then goes through the same readers real data does (LLaVA JSON, refCOCO, ReasonSeg,
+semantic maps, COCO parts and panoptic, generation pairs, editing triples).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from torch.utils.data import Dataset
+
+from omniplug.registry import DATASETS
+
+WorldTask = Literal["caption_vqa", "referring", "reasoning", "semantic", "part", "panoptic", "generation", "editing"]
+
+
+def ensure_split(*, root: str | Path, split: str, n: int, seed: int, size: int = 64) -> Path:
+    """Generate the split into ``root`` unless an identical one is there; safe across processes."""
+    from omniplug.data.world import WorldConfig, write_split
+
+    root = Path(root).expanduser().resolve()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        meta_path = root / "meta.json"
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            want = {"split": split, "n": n, "seed": seed, "size": size}
+            got = {k: meta.get(k, meta.get("config", {}).get(k)) for k in want}
+            if got != want:
+                raise ValueError(f"world data at {root} was generated with {got}, the config asks for {want}; "
+                                 f"delete the folder or point 'root' elsewhere")
+            return root
+        write_split(out_dir=root, n=n, seed=seed, split=split, config=WorldConfig(size=size), overwrite=True,
+                    progress=True)
+    return root
+
+
+def _reader(task: str, root: Path, options: dict[str, Any]) -> Dataset:
+    from omniplug.data.coco_panoptic import CocoPanopticDataset
+    from omniplug.data.coco_parts import CocoPartsDataset
+    from omniplug.data.generation import EditingTriples, GenerationPairs
+    from omniplug.data.llava_json import LlavaJsonDataset
+    from omniplug.data.reason_seg import ReasonSegDataset
+    from omniplug.data.refcoco import RefCocoDataset
+    from omniplug.data.semantic_seg import SemanticSegDataset
+
+    split = json.loads((root / "meta.json").read_text())["split"]
+    if task == "caption_vqa":
+        return LlavaJsonDataset(data_path=str(root / "llava.json"), image_dir=str(root), name="caption_vqa", **options)
+    if task == "referring":
+        return RefCocoDataset(data_dir=str(root), split=split, name="referring", **options)
+    if task == "reasoning":
+        return ReasonSegDataset(data_dir=str(root / "reason_seg"), name="reasoning", **options)
+    if task == "semantic":
+        return SemanticSegDataset(data_dir=str(root), label_dir="semantic", classes_file="semantic_classes.json",
+                                  ignore_index=0, ignore_classes=("unlabelled",), name="semantic", **options)
+    if task == "part":
+        return CocoPartsDataset(data_dir=str(root), name="part", **options)
+    if task == "panoptic":
+        return CocoPanopticDataset(data_dir=str(root), name="panoptic", **options)
+    if task == "generation":
+        return GenerationPairs(data_dir=str(root), **options)
+    return EditingTriples(data_dir=str(root), **options)
+
+
+@DATASETS.register("world")
+class WorldTaskDataset(Dataset):
+    """``task`` picks the reader; ``options`` are passed to it (e.g. ``num_tokens`` for generation)."""
+
+    def __init__(self, *, root: str, task: WorldTask, split: str = "train", n: int = 2000, seed: int = 0,
+                 size: int = 64, options: dict[str, Any] | None = None) -> None:
+        self.root = ensure_split(root=root, split=split, n=n, seed=seed, size=size)
+        self.task = task
+        self.reader = _reader(task, self.root, dict(options or {}))
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, idx: int):
+        return self.reader[idx]

@@ -1,0 +1,199 @@
+"""Decoder ``sam``: a transformers ``SamModel`` turns each ``<seg>`` prompt into a mask (LISA's hand-off).
+
+Per batch the SAM image encoder runs once per sample image (several ``<seg>`` of one sample share
+its embedding). Each ``<seg>`` prompt — the LLM hidden state after the output projector, already
+``prompt_dim`` wide (SAM's prompt-encoder width, 256 for every real SAM) — enters the mask decoder
+as the one sparse prompt embedding; the dense prompt is SAM's learned "no mask" embedding; the
+decoder returns a single mask. Its low-resolution logits are upsampled to SAM's padded input,
+cropped to the resized image and upsampled to the original image size (LISA's postprocess), where
+the loss is computed: ``bce_loss_weight * BCE + dice_loss_weight * DICE``, each the mean over masks.
+
+Preprocessing is SAM's own (``SamImageProcessorPil``: longest side to SAM's input size,
+ImageNet normalisation, zero padding to a square) and needs no torchvision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from transformers import SamImageProcessorPil, SamModel
+
+from omniplug.base import Decoder
+from omniplug.hf import load_pretrained, local_checkpoint
+from omniplug.registry import DECODERS
+from omniplug.types import DecoderInput, DecoderOutput, Mask
+
+
+@dataclass
+class SamPixels:
+    """What ``SamDecoder.prepare_images`` returns for a batch (one image per sample)."""
+
+    pixel_values: Tensor  # (B, 3, S, S): resized, normalised, padded to SAM's square input
+    input_sizes: list[tuple[int, int]]  # (h, w) of each image after resizing, before padding
+    original_sizes: list[tuple[int, int]]  # (h, w) of each original image
+
+    def to(self, device: torch.device | str) -> "SamPixels":
+        return SamPixels(self.pixel_values.to(device), self.input_sizes, self.original_sizes)
+
+
+@dataclass
+class SamOutput(DecoderOutput):
+    mask_logits: list[Tensor]  # per occurrence: (H, W) logits at its image's original size
+    low_res_logits: Tensor  # (M, h, w) mask-decoder output before upsampling
+    scores: Tensor  # (M,) SAM's predicted IoU for each mask
+
+
+def sigmoid_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Per-mask binary cross entropy, mean over pixels: (N, H, W) -> (N,)."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+
+
+def dice_loss(logits: Tensor, target: Tensor, *, scale: float = 1000.0, eps: float = 1e-6) -> Tensor:
+    """Per-mask DICE loss as LISA computes it: (N, H, W) -> (N,).
+
+    ``1 - (2 * sum(p * t) / scale + eps) / ((sum(p) + sum(t)) / scale + eps)`` with ``p = sigmoid(logits)``;
+    the scale keeps ``eps`` meaningful for large masks, and an empty target gives a loss that falls
+    to 0 only as the prediction empties.
+    """
+    prob = logits.sigmoid().flatten(1)
+    target = target.flatten(1)
+    numerator = 2 * (prob / scale * target).sum(-1)
+    denominator = (prob / scale).sum(-1) + (target / scale).sum(-1)
+    return 1 - (numerator + eps) / (denominator + eps)
+
+
+@DECODERS.register("sam")
+class SamDecoder(Decoder):
+    default_task = "seg"
+    default_token = "<seg>"
+    output_kind = "masks"
+
+    def __init__(self, *, model_name_or_path: str, token: str = "<seg>", train_mask_decoder: bool = True,
+                 freeze_image_encoder: bool = True, freeze_prompt_encoder: bool = True, mask_threshold: float = 0.0,
+                 bce_loss_weight: float = 2.0, dice_loss_weight: float = 0.5, freeze: bool = False) -> None:
+        super().__init__()
+        path = local_checkpoint(model_name_or_path, what="decoder sam")
+        self.model: SamModel = load_pretrained(SamModel, path)
+        self.processor = _processor(path, self.model)
+        self.tokens = [token]
+        self.prompt_dim = int(self.model.config.prompt_encoder_config.hidden_size)
+        if int(self.model.config.mask_decoder_config.hidden_size) != self.prompt_dim:
+            raise ValueError(f"decoder sam: {path} has prompt-encoder width {self.prompt_dim} but mask-decoder width "
+                             f"{self.model.config.mask_decoder_config.hidden_size}; not a usable SAM checkpoint")
+        self.train_mask_decoder = train_mask_decoder
+        self.freeze_image_encoder = freeze_image_encoder
+        self.freeze_prompt_encoder = freeze_prompt_encoder
+        self.mask_threshold = mask_threshold
+        self.bce_loss_weight = bce_loss_weight
+        self.dice_loss_weight = dice_loss_weight
+        self.freeze = freeze
+
+    def set_trainable(self) -> None:
+        self.model.requires_grad_(False)
+        if self.freeze:
+            return
+        self.model.vision_encoder.requires_grad_(not self.freeze_image_encoder)
+        # of the prompt encoder only the "no mask" dense embedding and the positional encoding (shared with the
+        # image-wide grid) take part: points, boxes and mask inputs are never used
+        self.model.prompt_encoder.no_mask_embed.requires_grad_(not self.freeze_prompt_encoder)
+        self.model.shared_image_embedding.requires_grad_(not self.freeze_prompt_encoder)
+        self.model.mask_decoder.requires_grad_(self.train_mask_decoder)
+        # the single-mask path never uses the IoU head's loss or the multimask hypernetworks: keep them frozen
+        # so that every trainable parameter gets a gradient (DDP's unused-parameter check)
+        self.model.mask_decoder.iou_prediction_head.requires_grad_(False)
+        self.model.mask_decoder.output_hypernetworks_mlps[1:].requires_grad_(False)
+
+    # --- collate time ------------------------------------------------------------------------------
+    def prepare_images(self, images: list[Image.Image]) -> SamPixels:
+        if not images:
+            raise ValueError("decoder sam: prepare_images() needs at least one image")
+        rgb = [im.convert("RGB") for im in images]
+        out = self.processor(images=rgb, return_tensors="pt")
+        size = int(self.model.config.vision_config.image_size)
+        if tuple(out["pixel_values"].shape[-2:]) != (size, size):
+            raise ValueError(f"decoder sam: the checkpoint's preprocessor makes {tuple(out['pixel_values'].shape[-2:])} "
+                             f"inputs but the image encoder expects {size}x{size}; fix preprocessor_config.json")
+        return SamPixels(pixel_values=out["pixel_values"], input_sizes=[tuple(map(int, s)) for s in out["reshaped_input_sizes"]],
+                         original_sizes=[(im.height, im.width) for im in rgb])
+
+    def prepare_target(self, target, image: Image.Image | None) -> Tensor:
+        mask = torch.as_tensor(np.asarray(target)).to(torch.float32)
+        if mask.ndim != 2:
+            raise ValueError(f"decoder sam: a mask target must be a 2-D (H, W) array, got shape {tuple(mask.shape)}")
+        if image is not None and tuple(mask.shape) != (image.height, image.width):
+            raise ValueError(f"decoder sam: mask target is {tuple(mask.shape)} but its image is {(image.height, image.width)}"
+                             f" (h, w); masks must be at the image's original size")
+        return mask
+
+    # --- model ------------------------------------------------------------------------------------
+    def image_embeddings(self, pixel_values: Tensor) -> Tensor:
+        if self.freeze_image_encoder or self.freeze:
+            with torch.no_grad():
+                return self.model.vision_encoder(pixel_values).last_hidden_state
+        return self.model.vision_encoder(pixel_values).last_hidden_state
+
+    def forward(self, inp: DecoderInput) -> SamOutput:
+        pixels = inp.pixels
+        if not isinstance(pixels, SamPixels):
+            raise ValueError("decoder sam: no images for this batch; every sample that asks for a mask needs an image "
+                             "(the collator passes each sample's first image to SAM)")
+        param = next(self.model.parameters())
+        batch_index = inp.batch_index
+        samples, inverse = torch.unique(batch_index, return_inverse=True)  # one embedding per image in use
+        embeds = self.image_embeddings(pixels.pixel_values[samples.to(pixels.pixel_values.device)].to(param.device, param.dtype))
+        embeds = embeds[inverse.to(embeds.device)]  # (M, C, h, w): SAM repeats it per prompt the same way
+        m = embeds.shape[0]
+        positional = self.model.get_image_wide_positional_embeddings().expand(m, -1, -1, -1)
+        sparse = inp.prompts[:, :1].to(param.dtype).unsqueeze(1)  # (M, point_batch=1, tokens=1, D)
+        dense = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(m, -1, *embeds.shape[-2:])
+        low_res, iou = self.model.mask_decoder(image_embeddings=embeds, image_positional_embeddings=positional,
+                                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                               multimask_output=False)
+        low_res = low_res[:, 0, 0]  # (M, h, w)
+        padded = tuple(pixels.pixel_values.shape[-2:])
+        logits = []
+        for i, b in enumerate(batch_index.tolist()):
+            logits.append(upsample_mask(low_res[i], padded=padded, input_size=pixels.input_sizes[b],
+                                        original_size=pixels.original_sizes[b]))
+        return SamOutput(batch_index=batch_index, mask_logits=logits, low_res_logits=low_res, scores=iou[:, 0, 0])
+
+    def loss(self, out: SamOutput, targets: list[Tensor]) -> dict[str, Tensor]:
+        if len(targets) != len(out.mask_logits):
+            raise ValueError(f"decoder sam: {len(out.mask_logits)} predicted masks but {len(targets)} targets")
+        bce = dice = out.low_res_logits.new_zeros((), dtype=torch.float32)
+        for logits, target in zip(out.mask_logits, targets):
+            target = target.to(logits.device, torch.float32)
+            if target.shape != logits.shape:
+                raise ValueError(f"decoder sam: target mask {tuple(target.shape)} vs prediction {tuple(logits.shape)}")
+            bce = bce + sigmoid_bce_loss(logits[None].float(), target[None]).sum()
+            dice = dice + dice_loss(logits[None].float(), target[None]).sum()
+        n = max(len(targets), 1)
+        return {"bce": self.bce_loss_weight * bce / n, "dice": self.dice_loss_weight * dice / n}
+
+    def postprocess(self, out: SamOutput, inp: DecoderInput | None = None) -> list[Mask]:
+        return [Mask(mask=(logits > self.mask_threshold).detach().cpu().numpy(), score=float(score))
+                for logits, score in zip(out.mask_logits, out.scores.detach().float().cpu())]
+
+
+def upsample_mask(low_res: Tensor, *, padded: tuple[int, int], input_size: tuple[int, int],
+                  original_size: tuple[int, int]) -> Tensor:
+    """(h, w) low-res logits -> (H, W) logits at the original image size: upsample to SAM's padded
+    input, drop the padding, resize to the original size (bilinear, as SAM and LISA do)."""
+    x = F.interpolate(low_res[None, None].float(), size=padded, mode="bilinear", align_corners=False)
+    x = x[..., : input_size[0], : input_size[1]]
+    x = F.interpolate(x, size=tuple(original_size), mode="bilinear", align_corners=False)
+    return x[0, 0]
+
+
+def _processor(path: Path, model: SamModel) -> SamImageProcessorPil:
+    """The checkpoint's own preprocessing when it ships one, else SAM's defaults at its input size."""
+    if (path / "preprocessor_config.json").is_file():
+        return SamImageProcessorPil.from_pretrained(str(path))
+    size = int(model.config.vision_config.image_size)
+    return SamImageProcessorPil(size={"longest_edge": size}, pad_size={"height": size, "width": size})

@@ -1,0 +1,94 @@
+"""The environment contract omniplug's demonstrations and closed-loop evaluation use.
+
+An environment is headless, renders RGB frames, has an instruction per episode and an expert
+(scripted or shipped with the simulator) that demonstrations come from::
+
+    env = make_env("babyai-gotolocal")
+    obs = env.reset(seed=3)                       # Observation(image HxWx3 uint8, instruction)
+    step = env.step(env.expert_action())          # Step(observation, reward, done, success)
+
+Simulators are optional dependencies (``pip install 'omniplug[sim]'``): they are imported when an
+environment is built, never when this package is imported.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from omniplug.actions.space import ActionSpace
+from omniplug.registry import Registry
+
+ENVS: Registry = Registry("environment")
+
+
+@dataclass
+class Observation:
+    image: np.ndarray  # (H, W, 3) uint8
+    instruction: str
+
+
+@dataclass
+class Step:
+    observation: Observation
+    reward: float
+    done: bool  # the episode ended (task solved, failed or out of time)
+    success: bool  # the task was solved (meaningful once done)
+
+
+class Environment(ABC):
+    """One simulator instance. Constructors are keyword-only (their signature is the option schema)."""
+
+    action_space: ActionSpace
+    max_steps: int
+
+    @abstractmethod
+    def reset(self, seed: int) -> Observation: ...
+
+    @abstractmethod
+    def step(self, action: Any) -> Step:
+        """``action``: an int (discrete) or a (D,) float array in environment units."""
+
+    @abstractmethod
+    def expert_action(self) -> Any:
+        """What the expert does in the current state."""
+
+    def close(self) -> None:
+        """Release simulator resources."""
+
+
+def make_env(name: str, **options: Any) -> Environment:
+    """Build a registered environment; an unknown name lists the available ones."""
+    from omniplug import envs  # noqa: F401  (registers the built-in environments)
+    from omniplug.registry import RegistryError
+    from omniplug.schema import check_kwargs
+
+    try:
+        cls = ENVS.get(name)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+    check_kwargs(cls, options, where=f"environment {name!r}")
+    return cls(**options)
+
+
+def missing_simulator(package: str, exc: ImportError) -> ImportError:
+    return ImportError(f"this environment needs {package!r} ({exc}); install the simulators with "
+                       f"pip install 'omniplug[sim]'")
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """Command-line ``key=value`` environment options; values parsed as JSON when they can be."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"environment option {item!r} must look like key=value (e.g. view=agent)")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

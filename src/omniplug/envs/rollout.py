@@ -1,0 +1,215 @@
+"""Closed-loop evaluation: roll a policy out for N seeded episodes on a vector of environments.
+
+``num_envs`` environments step side by side; at every step the environments whose queue of
+actions is empty are observed together and the policy is called **once** for all of them (one
+batched model call). A policy returns, per observation, a chunk of actions (``(k,)`` ids or
+``(k, D)`` floats); the first ``execute`` of them (all by default) are played before the policy is
+asked again. Episodes use seeds ``seed, seed + 1, ...``: keep them apart from the demonstrations'.
+
+The report gives success rate, mean return and mean episode length; ``gif`` writes the first few
+episodes side by side (a green frame marks a success, red a failure).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from omniplug.actions.space import DEFAULT_PROMPT
+from omniplug.data.collate import Collator
+from omniplug.data.conversation import Turn
+from omniplug.data.sample import Sample
+from omniplug.envs.base import Environment, Observation, make_env
+
+
+class Policy(Protocol):
+    def act(self, observations: list[Observation]) -> list[np.ndarray]:
+        """Per observation, the next actions: (k,) discrete ids or (k, D) continuous values."""
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    success: bool
+    total_return: float
+    length: int
+
+
+@dataclass
+class RolloutReport:
+    env: str
+    episodes: list[EpisodeResult]
+    seconds: float
+    policy_calls: int
+    gif: str | None = None
+    invalid_actions: int = 0  # policy outputs that were not actions (replaced by a no-op choice)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean([e.success for e in self.episodes])) if self.episodes else 0.0
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean([e.total_return for e in self.episodes])) if self.episodes else 0.0
+
+    @property
+    def mean_length(self) -> float:
+        return float(np.mean([e.length for e in self.episodes])) if self.episodes else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"env": self.env, "episodes": len(self.episodes), "success_rate": self.success_rate,
+                "mean_return": self.mean_return, "mean_length": self.mean_length, "seconds": round(self.seconds, 2),
+                "policy_calls": self.policy_calls, "invalid_actions": self.invalid_actions, "gif": self.gif,
+                **self.extra}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.summary(), "per_episode": [asdict(e) for e in self.episodes]}
+
+
+class ModelPolicy:
+    """A ``OneModel`` with an action decoder as a policy: one ``generate`` call per batch of
+    observations, the answer forced to start with the decoder's trigger (``<act>``)."""
+
+    def __init__(self, model, *, task: str = "act", prompt: str = DEFAULT_PROMPT, max_length: int = 512) -> None:
+        if task not in model.decoders:
+            raise ValueError(f"the model has no decoder for task {task!r}; it has {sorted(model.decoders)}")
+        self.model, self.task, self.prompt = model, task, prompt
+        self.decoder = model.decoders[task]
+        self.collator = Collator(model, max_length=max_length, for_generation=True)
+
+    @torch.no_grad()
+    def act(self, observations: list[Observation]) -> list[np.ndarray | None]:
+        samples = [Sample(turns=[Turn(role="user", text=self.prompt.format(instruction=o.instruction), images=1)],
+                          images=[Image.fromarray(o.image)]) for o in observations]
+        device = next(self.model.parameters()).device
+        batch = self.collator(samples).to(device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            gen = self.model.generate(batch, max_new_tokens=self.decoder.answer_length + 1,
+                                      answer_prefix="".join(self.decoder.tokens), max_task_tokens=1)
+        finally:
+            self.model.train(was_training)
+        return [items[0] if items else None for items in gen.decoder_outputs.get(self.task, [[]] * len(samples))]
+
+
+def evaluate(policy: Policy | str, env_name: str, *, episodes: int, seed: int = 100_000, num_envs: int = 8,
+             execute: int | None = None, env_options: dict[str, Any] | None = None, gif: str | Path | None = None,
+             gif_episodes: int = 4, gif_scale: int = 3) -> RolloutReport:
+    """Roll ``policy`` out (``"expert"`` plays each environment's own expert) and report."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    envs: list[Environment] = [make_env(env_name, **(env_options or {})) for _ in range(min(num_envs, episodes))]
+    pending = deque(range(seed, seed + episodes))
+    slots: list[dict[str, Any] | None] = [None] * len(envs)
+    obs: list[Observation | None] = [None] * len(envs)
+    results: list[EpisodeResult] = []
+    frames: dict[int, list[np.ndarray]] = {}
+    gif_seeds = set(range(seed, seed + gif_episodes)) if gif else set()
+    calls = invalid = 0
+    start = time.perf_counter()
+
+    def start_episode(i: int) -> None:
+        if not pending:
+            slots[i] = None
+            return
+        s = pending.popleft()
+        obs[i] = envs[i].reset(s)
+        slots[i] = {"seed": s, "ret": 0.0, "len": 0, "queue": deque()}
+        if s in gif_seeds:
+            frames[s] = [obs[i].image]
+
+    try:
+        for i in range(len(envs)):
+            start_episode(i)
+        while any(slot is not None for slot in slots):
+            need = [i for i, slot in enumerate(slots) if slot is not None and not slot["queue"]]
+            if need:
+                if policy == "expert":
+                    chunks = [np.asarray([envs[i].expert_action()]) for i in need]
+                else:
+                    chunks = policy.act([obs[i] for i in need])
+                    calls += 1
+                for i, chunk in zip(need, chunks):
+                    if chunk is None:
+                        invalid += 1
+                        chunk = _noop(envs[i])
+                    chunk = np.asarray(chunk)
+                    if chunk.ndim == (0 if envs[i].action_space.is_discrete else 1):
+                        chunk = chunk[None]
+                    slots[i]["queue"].extend(list(chunk[: execute or len(chunk)]))
+            for i, slot in enumerate(slots):
+                if slot is None:
+                    continue
+                step = envs[i].step(slot["queue"].popleft())
+                obs[i] = step.observation
+                slot["ret"] += step.reward
+                slot["len"] += 1
+                if slot["seed"] in frames:
+                    frames[slot["seed"]].append(step.observation.image)
+                if step.done or slot["len"] >= envs[i].max_steps:
+                    results.append(EpisodeResult(seed=slot["seed"], success=bool(step.success), total_return=slot["ret"],
+                                                 length=slot["len"]))
+                    if slot["seed"] in frames:
+                        frames[slot["seed"]].append(_border(step.observation.image, step.success))
+                    start_episode(i)
+    finally:
+        for env in envs:
+            env.close()
+    results.sort(key=lambda r: r.seed)
+    gif_path = write_gif([frames[s] for s in sorted(frames)], gif, scale=gif_scale) if gif and frames else None
+    return RolloutReport(env=env_name, episodes=results, seconds=time.perf_counter() - start, policy_calls=calls,
+                         gif=str(gif_path) if gif_path else None, invalid_actions=invalid)
+
+
+def _noop(env: Environment) -> np.ndarray:
+    space = env.action_space
+    if space.is_discrete:
+        return np.asarray([space.names.index("done") if "done" in space.names else 0])
+    return np.zeros((1, space.dim), dtype=np.float32)
+
+
+def _border(image: np.ndarray, success: bool, width: int = 2) -> np.ndarray:
+    out = image.copy()
+    color = np.array([40, 200, 40] if success else [220, 40, 40], dtype=np.uint8)
+    out[:width], out[-width:], out[:, :width], out[:, -width:] = color, color, color, color
+    return out
+
+
+def write_gif(episodes: list[list[np.ndarray]], path: str | Path, *, scale: int = 3, ms_per_frame: int = 120) -> Path:
+    """Episodes side by side (shorter ones hold their last frame), scaled up ``scale`` times."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    length = max(len(f) for f in episodes) + 4  # hold the final frames a moment
+    h = max(f[0].shape[0] for f in episodes)
+    tiles = []
+    for t in range(length):
+        row = [ep[min(t, len(ep) - 1)] for ep in episodes]
+        row = [np.pad(im, ((0, h - im.shape[0]), (0, 2), (0, 0)), constant_values=255) for im in row]
+        tiles.append(Image.fromarray(np.concatenate(row, axis=1)))
+    if scale > 1:
+        tiles = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in tiles]
+    tiles[0].save(path, save_all=True, append_images=tiles[1:], duration=ms_per_frame, loop=0)
+    return path
+
+
+def evaluate_config(config, overrides: list[str] | tuple[str, ...] = (), *, env: str, episodes: int,
+                    out_dir: str | Path, seed: int = 100_000, num_envs: int = 8, execute: int | None = None,
+                    task: str = "act", env_options: dict[str, Any] | None = None) -> RolloutReport:
+    """Build the model of ``config`` (its ``one_model.weights`` loaded), roll it out on ``env`` and
+    write ``rollouts.gif`` into ``out_dir``: what ``omniplug eval`` on an environment calls."""
+    from omniplug.build import build_model
+
+    model = build_model(config, overrides)
+    model.eval()
+    policy = ModelPolicy(model, task=task)
+    return evaluate(policy, env, episodes=episodes, seed=seed, num_envs=num_envs, execute=execute,
+                    env_options=env_options, gif=Path(out_dir) / "rollouts.gif")

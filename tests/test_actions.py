@@ -1,0 +1,211 @@
+"""Action adapters: binning, normalisation, residual VQ, the demonstrations format, and every
+action decoder built inside a OneModel (tiny CLIP + tiny Llama) through YAML."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from omniplug.actions.binning import from_bins, to_bins
+from omniplug.actions.episodes import Episode, EpisodeWriter, read_actions, read_episode, read_index, read_meta
+from omniplug.actions.normalize import Normalizer
+from omniplug.actions.rvq import ResidualVQ
+from omniplug.actions.space import ActionSpace, ActionTarget
+from omniplug.types import DecoderInput
+
+ADAPTERS = {  # catalogue entry in act.yaml -> the dataset its action space matches
+    "act_words_tiny": "act_discrete",
+    "act_tokens_tiny": "act_discrete",
+    "act_bins_tiny": "act_continuous",
+    "act_rvq_tiny": "act_continuous",
+    "act_regress_tiny": "act_continuous",
+}
+
+
+# --- pieces ---------------------------------------------------------------------------------------
+def test_bins_round_trip_within_half_a_bin():
+    x = torch.linspace(-1, 1, 1001)
+    for n in (2, 7, 256):
+        err = (from_bins(to_bins(x, n), n) - x).abs().max()
+        assert err <= 1.0 / n + 1e-6  # half of the bin width 2/n
+    assert to_bins(torch.tensor([-5.0, 5.0]), 256).tolist() == [0, 255]
+
+
+def test_normalizer_clips_and_counts_out_of_range():
+    norm = Normalizer(2, low=[0.0, -2.0], high=[10.0, 2.0])
+    x = norm.normalize(torch.tensor([[5.0, 0.0], [20.0, -3.0]]))
+    assert torch.allclose(x, torch.tensor([[0.0, 0.0], [1.0, -1.0]]))
+    assert norm.clipped == 2
+    assert torch.allclose(norm.denormalize(torch.tensor([[-1.0, 1.0]])), torch.tensor([[0.0, 2.0]]))
+
+
+def test_rvq_error_falls_while_fitting_and_with_levels():
+    g = torch.Generator().manual_seed(0)
+    data = torch.rand(400, 3, generator=g) * 2 - 1
+    one = ResidualVQ(dim=3, levels=1, codebook_size=16)
+    hist1 = one.fit(data, iters=8)
+    assert hist1[-1] < hist1[0]
+    two = ResidualVQ(dim=3, levels=3, codebook_size=16)
+    hist3 = two.fit(data, iters=8)
+    assert hist3[-1] < 0.5 * hist1[-1]
+    recon = two.decode(two.encode(data))
+    assert float(((recon - data) ** 2).sum(1).mean()) == pytest.approx(hist3[-1], rel=1e-4)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ResidualVQ(dim=3, levels=1, codebook_size=4).encode(data)
+
+
+def test_action_target_chunk_repeats_the_last_action():
+    t = ActionTarget(future=np.array([3, 1]))
+    assert t.chunk(4).tolist() == [3, 1, 1, 1]
+    assert t.chunk(1).tolist() == [3]
+
+
+def test_episode_format_round_trip(tmp_path):
+    space = ActionSpace(kind="continuous", dim=2, low=(-1.0, -1.0), high=(1.0, 1.0))
+    rng = np.random.default_rng(0)
+    eps = [Episode(frames=rng.integers(0, 255, (t + 1, 8, 8, 3), dtype=np.uint8),
+                   actions=rng.normal(size=(t, 2)).astype(np.float32), rewards=rng.normal(size=t).astype(np.float32),
+                   instruction=f"do {t}", seed=10 + t, success=t % 2 == 0) for t in (3, 4)]
+    writer = EpisodeWriter(tmp_path / "d", env="reacher", action_space=space)
+    for ep in eps:
+        writer.add(ep)
+    meta = writer.close()
+    assert read_meta(tmp_path / "d") == meta and meta["steps"] == 7
+    assert ActionSpace.from_json(meta["action_space"]) == space
+    assert np.allclose(meta["stats"]["max"], np.concatenate([e.actions for e in eps]).max(0))
+    records = read_index(tmp_path / "d")
+    assert [r.seed for r in records] == [13, 14] and [r.success for r in records] == [False, True]
+    for ep, rec in zip(eps, records):
+        back = read_episode(tmp_path / "d", rec)
+        assert np.array_equal(back.frames, ep.frames) and np.array_equal(back.actions, ep.actions)
+        assert np.allclose(back.rewards, ep.rewards) and back.instruction == ep.instruction
+        assert rec.total_return == pytest.approx(ep.total_return, rel=1e-6)
+    assert [len(a) for a in read_actions(tmp_path / "d")] == [3, 4]
+    with pytest.raises(FileExistsError):
+        EpisodeWriter(tmp_path / "d", env="reacher", action_space=space)
+    with pytest.raises(FileNotFoundError, match="demos collect"):
+        read_meta(tmp_path)
+
+
+# --- decoders inside OneModel -----------------------------------------------------------------------
+def _build(tiny_dir, entry, *extra):
+    from omniplug.build import build_dataset, build_model
+    from omniplug.config import load_config
+
+    cfg = load_config(tiny_dir / "act.yaml", [f"one_model.decoder={entry}", *extra])
+    torch.manual_seed(0)
+    return build_model(cfg), build_dataset(cfg, ADAPTERS[entry])
+
+
+def _one_hot_logits(model, decoder, target):
+    """Logits that say exactly the tokens ``answer_text(target)`` tokenizes to."""
+    trigger = "".join(decoder.tokens)
+    ids = model.tokenizer.encode(trigger + decoder.answer_text(target), special=True)[1:]
+    logits = torch.full((1, decoder.answer_length, len(model.tokenizer)), -10.0)
+    logits[0, torch.arange(len(ids)), torch.tensor(ids)] = 10.0
+    return logits
+
+
+@pytest.mark.parametrize("entry", ["act_words_tiny", "act_tokens_tiny", "act_bins_tiny", "act_rvq_tiny"])
+def test_token_adapters_round_trip_actions(tiny_dir, entry):
+    model, data = _build(tiny_dir, entry)
+    dec = model.decoders["act"]
+    for i in range(len(data)):
+        target = data[i].targets["act"][0]
+        inp = DecoderInput(prompts=torch.zeros(1, 1, 1), batch_index=torch.zeros(1, dtype=torch.long), batch_size=1,
+                           answer_logits=_one_hot_logits(model, dec, target))
+        got = dec.postprocess(dec(inp), inp)[0]
+        want = target.chunk(dec.chunk)
+        if dec.space.is_discrete:
+            assert got.tolist() == want.tolist()
+        elif entry == "act_bins_tiny":  # within half a bin, in environment units, inside the bounds
+            low, high = dec.normalizer.low.numpy(), dec.normalizer.high.numpy()
+            inside = np.clip(want, low, high)
+            assert np.all(np.abs(got - inside) <= (high - low) / dec.num_bins / 2 + 1e-5)
+        else:  # residual VQ: exactly its reconstruction, denormalised
+            codes = dec.rvq.encode(dec.prepare_target(target, None).reshape(1, -1))
+            recon = dec.normalizer.denormalize(dec.rvq.decode(codes).reshape(dec.chunk, -1))
+            assert np.allclose(got, recon.numpy(), atol=1e-5)
+
+
+def test_regression_output_is_denormalised(tiny_dir):
+    model, _ = _build(tiny_dir, "act_regress_tiny")
+    dec = model.decoders["act"]
+    with torch.no_grad():
+        last = dec.head[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([-1.0, 1.0]))  # normalised: the low end of dim 0, the high end of dim 1
+    inp = DecoderInput(prompts=torch.randn(1, 1, dec.prompt_dim), batch_index=torch.zeros(1, dtype=torch.long), batch_size=1)
+    got = dec.postprocess(dec(inp), inp)[0]
+    assert np.allclose(got[0], [dec.normalizer.low[0].item(), dec.normalizer.high[1].item()], atol=1e-6)
+
+
+@pytest.mark.parametrize("entry", list(ADAPTERS))
+def test_adapter_forward_backward_save_load(tiny_dir, tmp_path, entry):
+    from omniplug.build import build_model
+    from omniplug.data.collate import Collator
+    from omniplug.weights import load_trainable, save_trainable
+
+    model, data = _build(tiny_dir, entry)
+    dec = model.decoders["act"]
+    assert dec.output_kind == "actions" and model.decoders["act"].tokens == ["<act>"]
+    batch = Collator(model, max_length=128)([data[i] for i in range(3)])
+    answer = model.tokenizer.decode(batch.input_ids[0][batch.labels[0] != -100].tolist())
+    assert answer.startswith("<act>") and (dec.answer_length == 0) == (answer == "<act></s>")
+    out = model(batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+    assert out.decoder_outputs["act"].actions.shape[0] == 3
+
+    with torch.no_grad():  # make the saved state differ from a fresh build
+        for p in trained:
+            p.add_(0.01)
+    save_trainable(model, tmp_path / "w")
+    # rebuilt WITHOUT the demonstrations: statistics and codebooks must come from the weights file
+    extra = [f"decoder.{entry}.demos=null"] + ([] if dec.space.is_discrete else [f"decoder.{entry}.action_dim=2"])
+    if dec.space.is_discrete:
+        extra.append(f"decoder.{entry}.actions={list(dec.space.names)}")
+    from omniplug.config import load_config
+
+    cfg = load_config(tiny_dir / "act.yaml", [f"one_model.decoder={entry}", *extra])
+    fresh = build_model(cfg)
+    load_trainable(fresh, tmp_path / "w")
+    for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), name
+    model.eval()
+    fresh.eval()
+    gen_batch = Collator(model, for_generation=True)([data[i] for i in range(2)])
+    g1 = model.generate(gen_batch, max_new_tokens=dec.answer_length + 1, answer_prefix="<act>")
+    g2 = fresh.generate(gen_batch, max_new_tokens=dec.answer_length + 1, answer_prefix="<act>")
+    for a, b in zip(g1.decoder_outputs["act"], g2.decoder_outputs["act"]):
+        assert len(a) == 1 and np.allclose(a[0], b[0])
+    if not dec.space.is_discrete:  # what leaves the decoder is in environment units, inside the data's range
+        assert torch.equal(fresh.decoders["act"].normalizer.low, dec.normalizer.low)
+
+
+def test_tiny_policy_overfits_a_handful_of_demo_steps(tiny_dir):
+    from omniplug.data.collate import Collator
+
+    model, data = _build(tiny_dir, "act_tokens_tiny")
+    batch = Collator(model, max_length=128)([data[i] for i in range(3)])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(12):
+        out = model(batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(float(out.loss.detach()))
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_bad_action_configs_are_loud(tiny_dir):
+    from omniplug.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="continuous"):
+        _build(tiny_dir, "act_words_tiny", "decoder.act_words_tiny.demos=${base_dir}/act_demos/continuous")
+    with pytest.raises(ConfigError, match="demos collect"):
+        _build(tiny_dir, "act_bins_tiny", "decoder.act_bins_tiny.demos=null")

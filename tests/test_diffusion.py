@@ -1,0 +1,222 @@
+"""The ``diffusion`` decoder on its own: parity with diffusers' StableDiffusionPipeline, editing
+(what stays unchanged outside the mask), inpainting and pixel-space UNets, bad input, the
+``gen_transformer`` projector and the generation/editing readers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omniplug.decoders.diffusion import DiffusionDecoder, SourceImages
+from omniplug.schema import ConfigError
+from omniplug.types import DecoderInput, Mask
+
+SEQ, DIM = 8, 32  # the tiny UNet's cross_attention_dim
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tiny_dir):
+    return tiny_dir / "sd"
+
+
+def _decoder(path, **kw) -> DiffusionDecoder:
+    settings = dict(model_name_or_path=str(path), num_tokens=4, seq_len=SEQ, num_inference_steps=4, guidance_scale=4.0)
+    settings.update(kw)
+    return DiffusionDecoder(**settings).eval()
+
+
+@pytest.fixture(scope="module")
+def decoder(sd_dir):
+    return _decoder(sd_dir, text_encoder="text_encoder")
+
+
+def _source(tiny_dir) -> Image.Image:
+    return Image.open(tiny_dir / "gen_data" / "images" / "0000.png").convert("RGB")
+
+
+def _box_mask(h=64, w=64) -> np.ndarray:
+    mask = np.zeros((h, w), bool)
+    mask[h // 4: h * 5 // 8, w // 4: w * 3 // 4] = True
+    return mask
+
+
+@pytest.mark.parametrize("scheduler,guidance", [(None, 4.0), ("dpm_solver_pp", 4.0), ("euler", 1.0)])
+def test_parity_with_stable_diffusion_pipeline(sd_dir, scheduler, guidance):
+    from diffusers import StableDiffusionPipeline
+
+    dec = _decoder(sd_dir, scheduler=scheduler, guidance_scale=guidance)
+    torch.manual_seed(1)
+    emb = torch.randn(2, SEQ, DIM)
+    with torch.no_grad():
+        dec.uncond.normal_()  # a "learned" unconditional embedding, not the zero init
+    ours = dec.sample(emb, seeds=[3, 4])
+    pipe = StableDiffusionPipeline(vae=dec.vae, text_encoder=None, tokenizer=None, unet=dec.unet,
+                                   scheduler=dec._scheduler_class.from_config(dec._scheduler_config), safety_checker=None,
+                                   feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    negative = dec.uncond.detach().expand(2, -1, -1) if guidance > 1 else None
+    ref = pipe(prompt_embeds=emb, negative_prompt_embeds=negative, num_inference_steps=4, guidance_scale=guidance,
+               height=64, width=64, generator=[torch.Generator().manual_seed(s) for s in (3, 4)], output_type="np").images
+    diff = (torch.from_numpy(ref).permute(0, 3, 1, 2) - ours).abs().max().item()
+    assert diff <= 1e-4, f"max abs pixel difference {diff}"
+    assert type(pipe.scheduler).__name__ == {None: "DDIMScheduler", "dpm_solver_pp": "DPMSolverMultistepScheduler",
+                                             "euler": "EulerDiscreteScheduler"}[scheduler]
+
+
+def test_same_seed_same_image_and_postprocess_gives_pil(decoder):
+    emb = torch.randn(3, SEQ, DIM)
+    a, b = decoder.sample(emb), decoder.sample(emb)
+    assert torch.equal(a, b) and a.shape == (3, 3, 64, 64) and 0 <= a.min() and a.max() <= 1
+    out = decoder(DecoderInput(prompts=emb, batch_index=torch.tensor([0, 0, 1]), batch_size=2))
+    images = decoder.postprocess(out, DecoderInput(prompts=emb, batch_index=torch.tensor([0, 0, 1]), batch_size=2))
+    assert [im.size for im in images] == [(64, 64)] * 3 and all(im.mode == "RGB" for im in images)
+    # occurrence k of a sample uses seed + k: the two occurrences of sample 0 differ in noise
+    assert np.asarray(images[0]).tolist() != np.asarray(images[1]).tolist()
+
+
+def test_bad_sampling_settings_are_clear_errors(sd_dir, decoder):
+    with pytest.raises(ConfigError, match="height=60 is not a positive multiple of the VAE factor 8"):
+        _decoder(sd_dir, height=60)
+    with pytest.raises(ConfigError, match="num_inference_steps must be >= 1"):
+        _decoder(sd_dir, num_inference_steps=0)
+    with pytest.raises(ConfigError, match="guidance_scale must be >= 0"):
+        _decoder(sd_dir, guidance_scale=-1.0)
+    emb = torch.randn(1, SEQ, DIM)
+    with pytest.raises(ValueError, match="width=36 is not a positive multiple"):
+        decoder.sample(emb, width=36)
+    with pytest.raises(ValueError, match="num_inference_steps must be >= 1"):
+        decoder.sample(emb, num_inference_steps=-2)
+    with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
+        decoder.sample(emb, guidance_scale=-0.5)
+    with pytest.raises(ValueError, match="set the decoder's seq_len"):
+        decoder(DecoderInput(prompts=torch.randn(1, 4, DIM), batch_index=torch.tensor([0]), batch_size=1))
+    with pytest.raises(ConfigError, match="empty_text needs text_encoder"):
+        _decoder(sd_dir, uncond_embedding="empty_text")
+
+
+def test_latent_blending_keeps_source_latents_outside_the_mask(decoder, tiny_dir):
+    """With a plain 4-channel UNet the edit blends latents each step; after the last step every latent
+    cell outside the (latent) mask equals the source's latents exactly (tolerance 1e-5). In pixels that
+    means: equal to the VAE round trip decode(encode(source)) *up to the VAE decoder's receptive field*
+    — with this random tiny VAE (mid-block attention) the edit leaks over the whole image (measured
+    max |diff| ~0.87 outside the mask), which is why ``paste_back`` (next test) exists."""
+    src = decoder.prepare_images([_source(tiny_dir)]).pixels
+    mask = decoder._mask(_box_mask())[None]
+    latents = decoder.sample(torch.randn(1, SEQ, DIM), sources=src, masks=mask, output="latents")
+    with torch.no_grad():
+        source_latents = decoder.encode(src, sample=False)
+    outside = decoder._latent_mask(mask)[0, 0] < 0.5
+    assert outside.any() and (~outside).any()
+    assert (latents - source_latents)[..., outside].abs().max().item() <= 1e-5
+    assert (latents - source_latents)[..., ~outside].abs().max().item() > 1e-2  # the inside really changed
+
+
+def test_paste_back_keeps_pixels_outside_the_mask_exactly(decoder, tiny_dir):
+    """One request -> the <seg> mask (from the context) and the edited image at the source's own size:
+    pixels outside the mask are the source's, bit for bit (tolerance 0 in uint8)."""
+    src = _source(tiny_dir).resize((48, 40))  # not the decoder's 64x64: the edit comes back at 48x40
+    mask = _box_mask(40, 48)
+    emb = torch.randn(2, SEQ, DIM)
+    inp = DecoderInput(prompts=emb, batch_index=torch.tensor([0, 1]), batch_size=2,
+                       pixels=decoder.prepare_images([src, src]),
+                       context={"seg": [[Mask(mask=mask, score=1.0)], []]})  # sample 1: no mask -> plain generation
+    edited, generated = decoder.postprocess(decoder(inp), inp)
+    assert edited.size == (48, 40) and generated.size == (64, 64)
+    before, after = np.asarray(src), np.asarray(edited)
+    assert np.array_equal(before[~mask], after[~mask])
+    assert np.abs(before[mask].astype(int) - after[mask]).max() > 10  # the inside was regenerated
+    # without a seg decoder in the context (or mask_from: null) the same request is a plain generation
+    plain = decoder.postprocess(decoder(inp), DecoderInput(prompts=emb, batch_index=inp.batch_index, batch_size=2,
+                                                           pixels=inp.pixels))
+    assert plain[0].size == (64, 64)
+    assert isinstance(inp.pixels, SourceImages)
+
+
+def test_inpainting_unet_and_pixel_space_unet(tmp_path_factory, tiny_dir):
+    from omniplug.data.generation import GenerationTarget
+    from omniplug.decoders.diffusion_tiny import write_sd
+
+    root = tmp_path_factory.mktemp("sd_variants")
+    inpaint = _decoder(write_sd(root / "inpaint", inpainting=True, text_encoder=False), num_inference_steps=2)
+    assert inpaint.inpainting and inpaint.unet.config.in_channels == 9
+    src = _source(tiny_dir)
+    mask = _box_mask()
+    target = inpaint.prepare_target(GenerationTarget(image=src, mask=mask), src)
+    assert target.source is not None and target.mask.shape == (1, 64, 64)
+    cond = torch.randn(1, SEQ, DIM, requires_grad=True)
+    out = inpaint(DecoderInput(prompts=cond, batch_index=torch.tensor([0]), batch_size=1))
+    losses = inpaint.loss(out, [target, inpaint.prepare_target(src, None)][:1])
+    losses["diffusion"].backward()
+    assert cond.grad is not None and torch.isfinite(losses["diffusion"])
+    images = inpaint.sample(cond.detach(), sources=inpaint.prepare_images([src]).pixels,
+                            masks=inpaint._mask(mask)[None])
+    exact = (torch.from_numpy(np.asarray(src)).permute(2, 0, 1) / 255.0)
+    assert (images[0] - exact)[:, ~torch.from_numpy(mask)].abs().max() < 1e-5
+    assert inpaint.sample(cond.detach()).shape == (1, 3, 64, 64)  # plain generation with an inpainting UNet
+
+    pixel = _decoder(write_sd(root / "pixel", pixel_space=True, text_encoder=False), vae="none", num_inference_steps=2,
+                     paste_back=False)
+    assert pixel.vae is None and pixel.vae_factor == 1 and (pixel.height, pixel.width) == (32, 32)
+    small = src.resize((32, 32))
+    m = _box_mask(32, 32)
+    edited = pixel.sample(torch.randn(1, SEQ, DIM), sources=pixel.prepare_images([small]).pixels,
+                          masks=pixel._mask(m)[None])
+    exact = torch.from_numpy(np.asarray(small)).permute(2, 0, 1) / 255.0
+    # pixel space has no VAE round trip: blending alone keeps the outside (float tolerance 1e-5)
+    assert (edited[0] - exact)[:, ~torch.from_numpy(m)].abs().max() < 1e-5
+    t = pixel.prepare_target(small, None)
+    pixel.loss(pixel(DecoderInput(prompts=torch.randn(1, SEQ, DIM), batch_index=torch.tensor([0]), batch_size=1)), [t])
+
+
+def test_alignment_loss_and_trainability(decoder, tiny_dir):
+    from omniplug.data.generation import GenerationTarget
+
+    target = decoder.prepare_target(GenerationTarget(image=_source(tiny_dir), caption="a red circle"), None)
+    cond = torch.randn(2, SEQ, DIM, requires_grad=True)
+    losses = decoder.loss(decoder(DecoderInput(prompts=cond, batch_index=torch.tensor([0, 1]), batch_size=2)),
+                          [target, decoder.prepare_target(_source(tiny_dir), None)])
+    assert set(losses) == {"diffusion", "align"}  # align only over the captioned target
+    sum(losses.values()).backward()
+    assert cond.grad is not None
+    decoder.set_trainable()
+    trainable = {n for n, p in decoder.named_parameters() if p.requires_grad}
+    assert trainable == {"uncond"}  # train_unet: false; the VAE and text encoder never train
+    decoder.train_unet = True
+    decoder.set_trainable()
+    assert any(n.startswith("unet.") for n, p in decoder.named_parameters() if p.requires_grad)
+    assert not any(n.startswith(("vae.", "text_encoder.")) for n, p in decoder.named_parameters() if p.requires_grad)
+    decoder.train_unet = False
+    decoder.requires_grad_(False)
+
+
+def test_gen_transformer_maps_k_hiddens_to_a_sequence():
+    from omniplug.projectors.gen_query import GenQueryProjector
+
+    proj = GenQueryProjector(in_features=64, out_features=DIM, num_queries=77, width=32, heads=4, depth=1)
+    x = torch.randn(3, 4, 64, requires_grad=True)
+    y = proj(x)
+    assert y.shape == (3, 77, DIM)
+    y.square().mean().backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="divisible by heads"):
+        GenQueryProjector(in_features=64, out_features=DIM, width=30, heads=4)
+
+
+def test_readers(tiny_dir):
+    from omniplug.data.generation import EditingTriples, GenerationPairs, GenerationTarget, gen_tokens
+
+    assert gen_tokens("<gen>", 1) == ["<gen>"] and gen_tokens("<gen>", 3) == ["<gen_0>", "<gen_1>", "<gen_2>"]
+    pairs = GenerationPairs(data_dir=str(tiny_dir / "gen_data"), num_tokens=4)
+    s = pairs[0]
+    assert s.turns[0].text.startswith("Draw a ") and s.turns[1].text == "<gen_0><gen_1><gen_2><gen_3>"
+    assert isinstance(s.targets["gen"][0], GenerationTarget) and s.targets["gen"][0].caption == s.meta["caption"]
+    assert not s.images
+    edits = EditingTriples(data_dir=str(tiny_dir / "gen_data"), num_tokens=4)
+    e = edits[0]
+    assert e.turns[0].images == 1 and len(e.images) == 1
+    assert e.turns[1].text == "<seg> <gen_0><gen_1><gen_2><gen_3>"
+    assert e.targets["seg"][0].shape == (64, 64) and e.targets["gen"][0].mask is e.targets["seg"][0]
+    with pytest.raises(FileNotFoundError, match="generation.jsonl"):
+        GenerationPairs(data_dir=str(tiny_dir))
