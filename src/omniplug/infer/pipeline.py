@@ -60,11 +60,13 @@ class Pipeline:
 
     def __call__(self, images: ImageLike | Sequence[ImageLike] | None, prompt: str, *,
                  history: Sequence[Turn] | None = None, max_new_tokens: int = 64, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0) -> Response:
+                 temperature: float = 1.0, top_p: float = 1.0, answer_prefix: str | None = None) -> Response:
         """Answer ``prompt`` about ``images``.
 
         ``images`` are all images of the conversation in order; those not already placed by
         ``history`` turns go before the new prompt. Decoders (e.g. SAM) work on the first image.
+        ``answer_prefix`` (operator-supplied template text: task tokens allowed, e.g. the ``<gen_*>``
+        tokens) starts the answer; never pass end-user text here.
         """
         t0 = time.perf_counter()
         pil = [open_image(im) if isinstance(im, (str, Path)) else im.convert("RGB") for im in _as_list(images)]
@@ -76,7 +78,7 @@ class Pipeline:
         batch = self.collator([Sample(turns=turns, images=pil)]).to(self.device)
         t1 = time.perf_counter()
         gen = self.model.generate(batch, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                  top_p=top_p)
+                                  top_p=top_p, answer_prefix=answer_prefix)
         t2 = time.perf_counter()
         response = self._response(gen.texts[0], {task: outs[0] for task, outs in gen.decoder_outputs.items()})
         t3 = time.perf_counter()
