@@ -31,6 +31,10 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32, help="generated mode only")
     p.add_argument("--out", metavar="FILE", help="also write the JSON metrics to FILE")
     p.add_argument("--device", default=None)
+    p.add_argument("--world", metavar="DIR", help="every task figure on a procedural-world split written by "
+                   "`omniplug world generate` (caption F1, VQA, referring cIoU, ..., generation accuracy)")
+    p.add_argument("--holdout", metavar="DIR", help="with --world: the same figures on a hold-out split")
+    p.add_argument("--clip-dir", metavar="DIR", help="generation datasets: also CLIP score with this CLIP checkpoint")
     p.add_argument("--env", help="closed-loop evaluation on this environment instead (e.g. babyai-gotolocal): success "
                    "rate, mean return, episode length and rollouts.gif (docs/actions.md)")
     p.add_argument("--episodes", type=int, default=50, help="--env: episodes, seeds --seed, --seed+1, ...")
@@ -78,6 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.env:
         return _run_env(args, cfg)
+    if args.world:
+        return _run_world(args, cfg)
     if args.data:
         datasets = {Path(args.data).name: dataset_from_dir(args.data, data_type=args.data_type, split=args.split)}
     else:
@@ -90,9 +96,19 @@ def _run(args: argparse.Namespace) -> int:
     options = dict(batch_size=args.batch_size or cfg.trainer.batch_size_eval,
                    max_samples=args.max_samples if args.max_samples is not None else cfg.trainer.eval_max_samples,
                    max_length=cfg.data.max_length, max_new_tokens=args.max_new_tokens)
+    gen_sets = {n: d for n, d in datasets.items() if _is_generation(cfg, n)}
+    seg_sets = {n: d for n, d in datasets.items() if n not in gen_sets}
     modes = ["teacher_forced", "generated"] if args.mode == "both" else [args.mode]
-    results = {mode: evaluate_segmentation(model, datasets, mode=mode, **options) for mode in modes}
-    report = results if args.mode == "both" else results[args.mode]
+    results = {mode: evaluate_segmentation(model, seg_sets, mode=mode, **options) for mode in modes} if seg_sets else {}
+    report = dict(results if args.mode == "both" else results.get(args.mode, {}))
+    if gen_sets:
+        from omniplug.eval.generation import evaluate_generation
+
+        gen_task = next(t for t, d in model.decoders.items() if getattr(d, "output_kind", "") == "images")
+        for name, dataset in gen_sets.items():
+            report[name] = evaluate_generation(model, dataset, task=gen_task, batch_size=options["batch_size"],
+                                               max_samples=options["max_samples"], max_length=cfg.data.max_length,
+                                               clip_dir=args.clip_dir)
     if args.out:
         Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).expanduser().write_text(json.dumps(report, indent=2))
@@ -104,6 +120,37 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  {'dataset':<24} {'gIoU':>7} {'cIoU':>7} {'n':>6}")
         for name, m in table.items():
             print(f"  {name:<24} {m['giou']:7.4f} {m['ciou']:7.4f} {m['n']:6d}")
+    for name in gen_sets:
+        print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in report[name].items()))
+    return 0
+
+
+def _is_generation(cfg, name: str) -> bool:
+    entry = cfg.entry("dataset", name, where="data.eval")
+    return entry.type in ("generation_pairs", "editing_triples") or (
+        entry.type == "world" and entry.params.get("task") in ("generation", "editing"))
+
+
+def _run_world(args: argparse.Namespace, cfg) -> int:
+    """All task figures of a model on world splits (omniplug.eval.world)."""
+    import sys
+
+    from omniplug.build import build_model
+    from omniplug.eval.world import evaluate_world, format_world_table
+
+    model = build_model(cfg)
+    if args.device:
+        model.to(args.device)
+    n = args.max_samples or 100
+    batch = args.batch_size or cfg.trainer.batch_size_eval
+    say = (lambda m: print(m, file=sys.stderr)) if not args.json else None
+    report = evaluate_world(model, args.world, n=n, batch_size=batch, progress=say)
+    if args.holdout:
+        report["holdout"] = evaluate_world(model, args.holdout, n=n, batch_size=batch, progress=say)
+    if args.out:
+        Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).expanduser().write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2) if args.json else format_world_table(report))
     return 0
 
 

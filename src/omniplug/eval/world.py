@@ -204,6 +204,7 @@ def eval_panoptic(model, dataset, *, n: int, batch_size: int, vocabulary: Sequen
 
 # ---- generation ---------------------------------------------------------------------------------
 def eval_generation(model, data_dir: Path, *, n: int, batch_size: int) -> dict[str, float]:
+    from omniplug.data.generation import draw_prompt
     from omniplug.data.world import analyse, expected_from_caption, score_objects
 
     task = _gen_task(model)
@@ -212,7 +213,7 @@ def eval_generation(model, data_dir: Path, *, n: int, batch_size: int) -> dict[s
     records = [json.loads(line) for line in (data_dir / "generation.jsonl").read_text().splitlines() if line.strip()][:n]
     exact, f1s = 0, []
     for chunk in _batches(records, batch_size):
-        samples = [Sample(turns=[Turn("user", f"Draw {r['caption']}.")]) for r in chunk]
+        samples = [Sample(turns=[Turn("user", draw_prompt(r["caption"]))]) for r in chunk]
         gen = _answer(model, samples, max_new_tokens=16)
         for rec, images in zip(chunk, gen.decoder_outputs.get(task, [[] for _ in chunk])):
             expected = expected_from_caption(rec["caption"])
