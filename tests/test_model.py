@@ -261,3 +261,13 @@ def test_llava_checkpoint_runs_unchanged_parity(tiny_dir):
     if tok.eos_id in ref_ids:
         ref_ids = ref_ids[: ref_ids.index(tok.eos_id)]
     assert ours.token_ids[0] == ref_ids
+
+
+def test_collate_mixes_samples_with_and_without_images(box_model, monkeypatch):
+    """Text-only samples (e.g. "Draw ...") batch with image samples; decoder pixels stay row-aligned."""
+    seen = []
+    monkeypatch.setattr(box_model.decoders["box"], "prepare_images", lambda images: seen.append(images) or len(images))
+    samples = _samples() + [Sample(turns=[Turn("user", "Say hi."), Turn("assistant", "hi")])]
+    batch = Collator(box_model)(samples)
+    assert batch.decoder_pixels["box"] == 3 and seen[0][2].getbbox() is None  # a black stand-in for row 2
+    assert box_model(batch).loss.isfinite()

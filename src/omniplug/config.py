@@ -194,6 +194,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path).expanduser().resolve()
     origins: dict[tuple[str, str], str] = {}
     tree = _load_with_includes(path, origins, stack=())
+    tree.setdefault("config_dir", str(path.parent))  # ${config_dir}: the folder of the file that was loaded
     if overrides:
         tree = _apply_overrides(tree, list(overrides), origins)
     resolved = _resolve(tree, path)
@@ -283,7 +284,7 @@ def _resolve(tree: dict[str, Any], path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot resolve interpolation: {msg}{hint}") from None
 
 
-_TOP_LEVEL = {"base_dir", *CATALOGUES, "one_model", "trainer", "data", "infer", "serve", "name", "description"}
+_TOP_LEVEL = {"base_dir", "config_dir", *CATALOGUES, "one_model", "trainer", "data", "infer", "serve", "name", "description"}
 
 
 def _validate(tree: dict[str, Any], origins: dict[tuple[str, str], str], *, source: str) -> Config:

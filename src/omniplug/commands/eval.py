@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
     options = dict(batch_size=args.batch_size or cfg.trainer.batch_size_eval,
                    max_samples=args.max_samples if args.max_samples is not None else cfg.trainer.eval_max_samples,
                    max_length=cfg.data.max_length, max_new_tokens=args.max_new_tokens)
-    gen_sets = {n: d for n, d in datasets.items() if _is_generation(cfg, n)}
+    gen_sets = {n: d for n, d in datasets.items() if not args.data and _is_generation(cfg, n)}
     seg_sets = {n: d for n, d in datasets.items() if n not in gen_sets}
     modes = ["teacher_forced", "generated"] if args.mode == "both" else [args.mode]
     results = {mode: evaluate_segmentation(model, seg_sets, mode=mode, **options) for mode in modes} if seg_sets else {}

@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Literal
 
 import torch
+from PIL import Image
 
 from omniplug.data.conversation import Turn, encode_chat
 from omniplug.data.sample import Sample
@@ -63,8 +64,11 @@ class Collator:
         targets: dict[str, list] = {}
         for task, dec in self.decoders.items():
             if any(im is not None for im in first_images):
-                decoder_pixels[task] = dec.prepare_images([im for im in first_images if im is not None]) \
-                    if all(im is not None for im in first_images) else None
+                # samples without an image (e.g. "Draw ...") get a black stand-in so that pixels stay aligned
+                # with batch rows; a decoder only reads the rows whose answers hold its trigger tokens
+                ref = next(im for im in first_images if im is not None)
+                stand_in = Image.new("RGB", ref.size)
+                decoder_pixels[task] = dec.prepare_images([im if im is not None else stand_in for im in first_images])
             targets[task] = [dec.prepare_target(t, first_images[i])
                              for i, s in enumerate(samples) for t in s.targets.get(task, [])]
         return Batch(input_ids=ids, attention_mask=mask, labels=None if self.for_generation else labels,

@@ -51,16 +51,20 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def load_parts(path: str, *, vae: str | None, scheduler: str | None, text_encoder: str | None,
-               tokenizer: str, dtype: torch.dtype) -> DiffusionParts:
+               tokenizer: str, dtype: torch.dtype, from_scratch: bool = False) -> DiffusionParts:
     import diffusers
 
     what = "decoder diffusion"
     root = local_checkpoint(path, what=what, must_contain=("unet", "scheduler"))
-    unet = load_pretrained(diffusers.UNet2DConditionModel, _sub(root, "unet", what), torch_dtype=dtype)
+    def load(cls, folder: Path):
+        if from_scratch:  # random initialisation from the folder's config.json (models trained from nothing)
+            return cls.from_config(cls.load_config(str(folder))).to(dtype)
+        return load_pretrained(cls, folder, torch_dtype=dtype)
+
+    unet = load(diffusers.UNet2DConditionModel, _sub(root, "unet", what))
     vae_model = None
     if vae is not None:
-        vae_model = load_pretrained(diffusers.AutoencoderKL, _sub(root, vae, what, hint="or set vae: none for a pixel-space UNet"),
-                                    torch_dtype=dtype)
+        vae_model = load(diffusers.AutoencoderKL, _sub(root, vae, what, hint="or set vae: none for a pixel-space UNet"))
     sched_cls, sched_config = _scheduler(root / "scheduler", scheduler)
     te = tok = None
     if text_encoder is not None:

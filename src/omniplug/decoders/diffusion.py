@@ -89,7 +89,8 @@ class DiffusionDecoder(Decoder):
                  text_encoder: str | None = None, tokenizer: str = "tokenizer",
                  diffusion_loss_weight: float = 1.0, align_loss_weight: float = 1.0, train_unet: bool = False,
                  mask_from: str | None = "seg", paste_back: bool = True,
-                 dtype: Literal["float32", "float16", "bfloat16"] = "float32", freeze: bool = False) -> None:
+                 dtype: Literal["float32", "float16", "bfloat16"] = "float32", freeze: bool = False,
+                 from_scratch: bool = False) -> None:
         super().__init__()
         try:
             self.tokens = gen_tokens(token, num_tokens)
@@ -104,7 +105,7 @@ class DiffusionDecoder(Decoder):
         if vae == "none":
             vae = None
         p = parts.load_parts(model_name_or_path, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
-                             tokenizer=tokenizer, dtype=parts.torch_dtype(dtype))
+                             tokenizer=tokenizer, dtype=parts.torch_dtype(dtype), from_scratch=from_scratch)
         self.unet, self.vae, self.text_encoder, self.text_tokenizer = p.unet, p.vae, p.text_encoder, p.text_tokenizer
         self._scheduler_class, self._scheduler_config = p.scheduler_class, p.scheduler_config
         self._train_scheduler = parts.training_scheduler(p.scheduler_config)

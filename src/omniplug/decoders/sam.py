@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import SamImageProcessorPil, SamModel
 
 from omniplug.base import Decoder
-from omniplug.hf import load_pretrained, local_checkpoint
+from omniplug.hf import init_from_config, load_pretrained, local_checkpoint
 from omniplug.registry import DECODERS
 from omniplug.types import DecoderInput, DecoderOutput, Mask
 
@@ -76,10 +76,17 @@ class SamDecoder(Decoder):
 
     def __init__(self, *, model_name_or_path: str, token: str = "<seg>", train_mask_decoder: bool = True,
                  freeze_image_encoder: bool = True, freeze_prompt_encoder: bool = True, mask_threshold: float = 0.0,
-                 bce_loss_weight: float = 2.0, dice_loss_weight: float = 0.5, freeze: bool = False) -> None:
+                 bce_loss_weight: float = 2.0, dice_loss_weight: float = 0.5, freeze: bool = False,
+                 from_scratch: bool = False) -> None:
         super().__init__()
         path = local_checkpoint(model_name_or_path, what="decoder sam")
-        self.model: SamModel = load_pretrained(SamModel, path)
+        self.model: SamModel = init_from_config(SamModel, path) if from_scratch else load_pretrained(SamModel, path)
+        if from_scratch:  # transformers initialises SAM for loading weights (near-zero activations); train from
+            with torch.no_grad():  # PyTorch's default layer init and SAM's unit-scale Fourier features instead
+                for module in self.model.modules():
+                    if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)):
+                        module.reset_parameters()
+                self.model.shared_image_embedding.positional_embedding.normal_(std=1.0)
         self.processor = _processor(path, self.model)
         self.tokens = [token]
         self.prompt_dim = int(self.model.config.prompt_encoder_config.hidden_size)
