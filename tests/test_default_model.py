@@ -1,0 +1,18 @@
+"""The default model's architecture builds offline from the shipped config-only folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omniplug.build import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_architecture_builds_and_fits_the_size_budget():
+    model = build_model(REPO / "configs" / "default" / "omni_tiny.yaml", load_weights=False)
+    total = sum(p.numel() for p in model.parameters())
+    assert total * 4 <= 30 * 2**20  # fp32 weights within the 30 MB the repository allows
+    assert set(model.decoders) == {"seg", "gen"}
+    assert model.num_image_tokens == 64
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith(("encoder.", "llm.")))
