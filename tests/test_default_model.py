@@ -16,3 +16,19 @@ def test_default_architecture_builds_and_fits_the_size_budget():
     assert set(model.decoders) == {"seg", "gen"}
     assert model.num_image_tokens == 64
     assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith(("encoder.", "llm.")))
+
+
+def test_shipped_default_model_loads_and_answers_offline(tmp_path):
+    """The committed weights load through the shipped config and the model answers a world image."""
+    import pytest
+
+    weights = REPO / "configs" / "default" / "weights" / "trainable.safetensors"
+    if not weights.is_file():
+        pytest.skip("the default model's weights are not committed yet")
+    from omniplug.data.world import write_split
+    from omniplug.infer.pipeline import Pipeline
+
+    write_split(out_dir=tmp_path / "w", n=1, seed=999, split="val")
+    pipe = Pipeline.from_config(REPO / "configs" / "default" / "omni_tiny.yaml")
+    response = pipe([tmp_path / "w" / "images" / "000000.png"], "Describe the image.", max_new_tokens=48)
+    assert response.text.strip()
