@@ -14,15 +14,6 @@ from omniplug.decoders.sam import SamDecoder, SamOutput, dice_loss, sigmoid_bce_
 from omniplug.types import DecoderInput, Mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is ~30x faster than two when the machine's cores are shared (OpenMP sync)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --- losses by hand -------------------------------------------------------------------------------
 def test_bce_and_dice_match_hand_computation():
     logits = torch.tensor([[[math.log(3.0), 0.0], [-math.log(3.0), 0.0]]])  # p = .75 .5 / .25 .5

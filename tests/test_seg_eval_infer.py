@@ -13,15 +13,6 @@ from omniplug.eval.segmentation import SegCounts, mask_iou, summarise
 from omniplug.types import Mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is ~30x faster than two when the machine's cores are shared (OpenMP sync)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --- metrics by hand --------------------------------------------------------------------------------
 def test_iou_on_hand_made_masks():
     a = np.zeros((4, 4), bool)

@@ -9,15 +9,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is ~30x faster than two when the machine's cores are shared (OpenMP sync)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_mask_loss_halves_in_30_steps(tiny_dir):
     from omniplug.build import build_entry, build_model
     from omniplug.config import load_config
