@@ -5,7 +5,6 @@ decoder and the output projector through the whole tiny model and that they lear
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 
