@@ -240,3 +240,12 @@ def test_open_image_errors_name_the_file(tmp_path):
         open_image(tmp_path / "big.png", max_pixels=100)
     Image.new("L", (3, 2), 7).save(tmp_path / "grey.png")
     assert open_image(tmp_path / "grey.png").mode == "RGB"
+
+
+def test_question_templates_do_not_double_articles():
+    from omniplug.data import seg_common as sc
+
+    assert sc.fill("Please segment the {sent}.", sent="the tree on the right") == "Please segment the tree on the right."
+    assert sc.fill("What is {sent} in this image?", sent="the tree") == "What is the tree in this image?"
+    assert sc.fill("Please segment the {part} of {whole}.", part="roof", whole="the house") == \
+        "Please segment the roof of the house."

@@ -54,3 +54,24 @@ def test_world_eval_end_to_end(tiny_dir, tmp_path):
         for key, value in figures.items():
             if key in ("object_f1", "accuracy", "ciou", "giou", "miou", "pq", "exact"):
                 assert 0.0 <= value <= 1.0, (task, key, value)
+
+
+def test_eval_finds_world_splits(tiny_dir, tmp_path):
+    """`--data` on a world split gives the world table; `data.world_eval` generates val + hold-out splits itself."""
+    if not (tiny_dir / "edit.yaml").is_file():
+        pytest.skip("edit.yaml needs the tiny SAM and SD checkpoints")
+    assert main(["world", "generate", "--out", str(tmp_path / "val"), "--n", "4", "--seed", "5", "--split", "val"]) == 0
+    common = ["--max-samples", "1", "--batch-size", "2", "--json"]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["eval", "-c", str(tiny_dir / "edit.yaml"), "--data", str(tmp_path / "val"), *common]) == 0
+    assert set(json.loads(out.getvalue())) == set(TASKS)
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["eval", "-c", str(tiny_dir / "edit.yaml"), f"data.world_eval.root={tmp_path / 'auto'}",
+                     "data.world_eval.n=3", *common]) == 0
+    report = json.loads(out.getvalue())
+    assert set(report) == set(TASKS) | {"holdout"} and set(report["holdout"]) == set(TASKS)
+    meta = json.loads((tmp_path / "auto" / "holdout" / "meta.json").read_text())
+    assert meta["split"] == "holdout" and meta["seed"] == 102

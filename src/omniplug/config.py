@@ -125,6 +125,9 @@ class DataConfig:
     train: dict[str, float] = field(default_factory=dict)
     eval: list[str] = field(default_factory=list)
     max_length: int = 512
+    # procedural-world evaluation for `omniplug eval` without --data: {root, n, seed, holdout_seed, samples};
+    # `root`/val and `root`/holdout are generated on first use (seeds never used for training)
+    world_eval: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", required=True, help="YAML config file (one_model.weights picks trained weights)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--data", metavar="DIR", help="evaluate this dataset directory instead of data.eval")
+    p.add_argument("--data", metavar="DIR", help="evaluate this dataset directory instead of data.eval (a world split "
+                   "written by `omniplug world generate` gets the full world table)")
     p.add_argument("--data-type", choices=("refcoco", "reason_seg", "semantic_seg"), help="format of --data")
     p.add_argument("--split", default="val", help="split for a refcoco-layout --data (default: val)")
     p.add_argument("--mode", choices=("teacher_forced", "generated", "both"), default="teacher_forced",
@@ -82,6 +83,12 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.env:
         return _run_env(args, cfg)
+    if args.data and not args.world and is_world_split(args.data):
+        args.world = args.data
+    if not (args.world or args.data) and cfg.data.world_eval:
+        args.world, args.holdout = world_eval_splits(cfg.data.world_eval, holdout=args.holdout)
+        if args.max_samples is None:
+            args.max_samples = int(cfg.data.world_eval.get("samples", 100))
     if args.world:
         return _run_world(args, cfg)
     if args.data:
@@ -129,6 +136,35 @@ def _is_generation(cfg, name: str) -> bool:
     entry = cfg.entry("dataset", name, where="data.eval")
     return entry.type in ("generation_pairs", "editing_triples") or (
         entry.type == "world" and entry.params.get("task") in ("generation", "editing"))
+
+
+def is_world_split(path: str | Path) -> bool:
+    """A folder written by ``omniplug world generate`` (its meta.json names the world's config)."""
+    meta = Path(path).expanduser() / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        return "holdout" in json.loads(meta.read_text()).get("config", {})
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+_WORLD_EVAL_KEYS = {"root", "n", "seed", "holdout_seed", "samples", "size"}
+
+
+def world_eval_splits(spec: dict, *, holdout: str | None = None) -> tuple[str, str]:
+    """``data.world_eval`` -> (val dir, holdout dir), generating them on first use."""
+    from omniplug.data.world_tasks import ensure_split
+
+    unknown = set(spec) - _WORLD_EVAL_KEYS
+    if unknown or "root" not in spec:
+        raise ConfigError(f"data.world_eval: needs 'root' and takes {sorted(_WORLD_EVAL_KEYS)}; got {sorted(spec)}")
+    root, n, size = Path(spec["root"]), int(spec.get("n", 200)), int(spec.get("size", 64))
+    val = ensure_split(root=root / "val", split="val", n=n, seed=int(spec.get("seed", 101)), size=size)
+    if holdout is None:
+        holdout = str(ensure_split(root=root / "holdout", split="holdout", n=n, seed=int(spec.get("holdout_seed", 102)),
+                                   size=size))
+    return str(val), holdout
 
 
 def _run_world(args: argparse.Namespace, cfg) -> int:

@@ -88,7 +88,7 @@ class CocoPartsDataset(Dataset):
         for pid in part_ids:
             mask |= sc.decode_coco_segmentation(self.anns[pid]["segmentation"], h, w)
         rng = sc.rng_for(self.seed, idx)
-        question = rng.choice(self.questions).format(part=part, whole=phrase)
+        question = sc.fill(rng.choice(self.questions), part=part, whole=phrase)
         answer = sc.with_token(rng.choice(self.answers), self.seg_token)
         meta = {"dataset": self.name, "id": f"{whole_id}:{part}", "image_id": info["id"], "file_name": info["file_name"],
                 "labels": [part], "whole": phrase}

@@ -66,9 +66,9 @@ class ReasonSegDataset(Dataset):
         text = " ".join(str(_texts(anno)[k]).split())
         rng = sc.rng_for(self.seed, idx)
         if anno.get("is_sentence", False):
-            question = rng.choice(self.sentences).format(sent=text)
+            question = sc.fill(rng.choice(self.sentences), sent=text)
         else:
-            question = rng.choice(self.questions).format(sent=sc.clean_phrase(text))
+            question = sc.fill(rng.choice(self.questions), sent=sc.clean_phrase(text))
         answer = sc.with_token(rng.choice(self.answers), self.seg_token)
         ignore = label_map == IGNORE
         meta = {"dataset": self.name, "id": f"{image_path.stem}:{k}", "file_name": image_path.name, "labels": [text],

@@ -104,13 +104,13 @@ class RefCocoDataset(Dataset):
             ref_idx, sent_idx = item
             refs, sents = [self.refs[ref_idx]], [self.refs[ref_idx]["sentences"][sent_idx]]
             phrase = sc.clean_phrase(sents[0]["sent"])
-            question = rng.choice(self.questions).format(sent=phrase)
+            question = sc.fill(rng.choice(self.questions), sent=phrase)
             answer = sc.with_token(rng.choice(self.answers), self.seg_token)
         else:
             refs = [self.refs[i] for i in item]
             sents = [rng.choice(r["sentences"]) for r in refs]
             phrases = [sc.clean_phrase(s["sent"]) for s in sents]
-            question = self.multi_question.format(sent=sc.join_phrases(phrases))
+            question = sc.fill(self.multi_question, sent=sc.join_phrases(phrases))
             answer = ", ".join(sc.with_token(self.multi_item.format(sent=p), self.seg_token) for p in phrases) + "."
         info = self.images[refs[0]["image_id"]]
         image = open_image(self.image_dir / info["file_name"])

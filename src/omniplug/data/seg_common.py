@@ -23,6 +23,15 @@ ANSWERS: tuple[str, ...] = ("It is <seg>.", "Sure, <seg>.")
 _SPECIAL_LIKE = re.compile(r"<[^<>\s]{1,40}>")
 
 
+_DOUBLE_ARTICLE = re.compile(r"\b(the|a|an) (?:the|a|an)\b", re.IGNORECASE)
+
+
+def fill(template: str, **fields: str) -> str:
+    """``template.format(**fields)`` without a doubled article: the template "Please segment the {sent}."
+    with the expression "the tree on the right" reads "Please segment the tree on the right."."""
+    return _DOUBLE_ARTICLE.sub(lambda m: m.group(1), template.format(**fields))
+
+
 def rng_for(seed: int, index: int) -> random.Random:
     """A generator that depends only on (seed, index): sample ``index`` reads the same every time."""
     return random.Random(seed * 1_000_003 + index)
