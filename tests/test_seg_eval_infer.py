@@ -99,7 +99,7 @@ def test_pipeline_response_markers_labels_and_timings(seg_model, tiny_dir, monke
     _force_answer(monkeypatch, seg_model, "the red circle: <seg>, the blue square: <seg>.")
     pipe = Pipeline(seg_model)
     image = tiny_dir / "seg_data" / "shapes_refcoco" / "images" / "val_0024.png"
-    resp = pipe(image, "Please segment the red circle and the blue square.", max_new_tokens=8)
+    resp = pipe(image, "Please segment the red circle and the blue square.", max_new_tokens=32)
     assert resp.text == "the red circle: [mask 1], the blue square: [mask 2]."
     assert [m.label for m in resp.masks] == ["the red circle", "the blue square"]
     assert all(m.mask.shape == (48, 64) and m.mask.dtype == bool for m in resp.masks)
@@ -123,7 +123,7 @@ def test_infer_cli_writes_mask_and_overlay_pngs(seg_model, tiny_dir, tmp_path, m
     image = tiny_dir / "seg_data" / "shapes_refcoco" / "images" / "val_0025.png"
     out = tmp_path / "out"
     rc = main(["infer", "-c", str(tiny_dir / "seg.yaml"), "one_model.conv_type=plain", "--image", str(image),
-               "--prompt", "Please segment the red circle.", "--out", str(out), "--json", "--max-new-tokens", "4"])
+               "--prompt", "Please segment the red circle.", "--out", str(out), "--json", "--max-new-tokens", "16"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["text"] == "Sure, [mask 1]." and len(report["masks"]) == 1

@@ -8,14 +8,17 @@ LLM's last-layer hidden state **at the trigger token's own position** (the state
 the trigger token as input), not the state of the position that predicted it. Reasons: the
 trigger's own embedding (a trained row) is part of that state; several trigger tokens of
 different decoders, or the K tokens ``<gen_0>..<gen_{K-1}>`` of one decoder, each get a distinct
-state even when their left context is identical; and at inference the same state is obtained by
-one forward pass over prompt + generated answer, exactly as in training (teacher forcing).
+state even when their left context is identical; and at inference it is the state the LLM computes
+anyway while generating (when the trigger token is fed back), the same as in training (teacher
+forcing) up to float rounding. ``generate`` keeps those states (``LanguageModel.generate(
+return_hidden=True)``) and runs one step more than any answer keeps, so that every kept token has
+been fed back; an LLM that does not return them gets one teacher-forced pass over prompt + answer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -123,7 +126,7 @@ class OneModel(nn.Module):
     def decoder_input(self, task: str, hidden: Tensor, batch_index: Tensor, positions: Tensor, *,
                       features: ImageFeatures | None, pixels: Any, image_sizes: list[tuple[int, int]] | None,
                       batch_size: int, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                      logits: Tensor | None = None) -> DecoderInput:
+                      logits: Tensor | None = None, logits_offset: int = 0) -> DecoderInput:
         gathered = hidden[batch_index.unsqueeze(1), positions]  # (M, K, H)
         prompts = self.out_projectors[task](gathered) if task in self.out_projectors else gathered
         inp = DecoderInput(prompts=prompts, batch_index=batch_index, batch_size=batch_size, image_features=features,
@@ -131,7 +134,7 @@ class OneModel(nn.Module):
         span = self.decoders[task].answer_length
         if span and input_ids is not None and logits is not None:
             inp.answer_ids, inp.answer_logits = _answer_span(input_ids, attention_mask, logits, batch_index,
-                                                             positions[:, -1], span)
+                                                             positions[:, -1], span, offset=logits_offset)
         return inp
 
     # --- training ---------------------------------------------------------------------------------
@@ -165,13 +168,22 @@ class OneModel(nn.Module):
 
     # --- inference --------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, batch: Batch, *, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, max_task_tokens: int = 16, answer_prefix: str | None = None) -> Generation:
+    def generate(self, batch: Batch, *, max_new_tokens: int | Sequence[int] = 64, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, max_task_tokens: int | Sequence[int] = 16,
+                 answer_prefix: str | None = None) -> Generation:
         """Answer a left-padded batch of prompts; run every decoder whose trigger tokens appear in
         the answer (at most ``max_task_tokens`` occurrences per task and sample). ``answer_prefix``
-        (template text, special tokens allowed, e.g. ``"<act>"``) starts every answer."""
+        (template text, special tokens allowed, e.g. ``"<act>"``) starts every answer.
+
+        ``max_new_tokens`` and ``max_task_tokens`` may be one value per row: the LLM generates up to
+        the largest ``max_new_tokens`` and each answer is cut to its own limit before the decoders
+        run, so a row gets the answer it would get alone (greedy decoding is causal). The sampling
+        settings and ``answer_prefix`` are shared by every row."""
         if batch.input_ids.shape[1] and bool((batch.attention_mask[:, -1] == 0).any()):
             raise ShapeError("generate() needs left-padded prompts (collate with padding_side='left')")
+        bsz = batch.input_ids.shape[0]
+        token_limits = _per_row(max_new_tokens, bsz, "max_new_tokens")
+        task_caps = _per_row(max_task_tokens, bsz, "max_task_tokens")
         prefix_ids = self.tokenizer.encode(answer_prefix, special=True) if answer_prefix else []
         if prefix_ids:  # left padding: every row ends at the last column, so the prefix is appended to all
             prefix = torch.tensor(prefix_ids, dtype=batch.input_ids.dtype, device=batch.input_ids.device)
@@ -179,11 +191,16 @@ class OneModel(nn.Module):
                             attention_mask=torch.cat([batch.attention_mask, batch.attention_mask.new_ones(
                                 batch.attention_mask.shape[0], len(prefix_ids))], 1))
         embeds, features = self.embed_inputs(batch.input_ids, batch.pixel_values)
-        gen = self.llm.generate(embeds, batch.attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                temperature=temperature, top_p=top_p, eos_token_id=self.tokenizer.eos_id,
-                                pad_token_id=self.tokenizer.pad_id)
-        new_ids, lengths = gen.sequences, gen.lengths
-        bsz, prompt_len = batch.input_ids.shape
+        # decoders read hidden states at trigger tokens: ask for those computed while generating, and one step
+        # more than any answer keeps, so that every kept token has been fed back (has its hidden state)
+        hidden_wanted = bool(self.decoders)
+        gen = self.llm.generate(embeds, batch.attention_mask, max_new_tokens=max(token_limits) + int(hidden_wanted),
+                                do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id,
+                                **({"return_hidden": True} if hidden_wanted else {}))
+        new_ids = gen.sequences
+        lengths = torch.minimum(gen.lengths, torch.tensor(token_limits, dtype=gen.lengths.dtype, device=gen.lengths.device))
+        prompt_len = batch.input_ids.shape[1]
         texts, id_lists = [], []
         for i in range(bsz):
             ids = new_ids[i, : int(lengths[i])].tolist()
@@ -195,24 +212,36 @@ class OneModel(nn.Module):
         result = Generation(texts=texts, token_ids=id_lists)
         if not self.decoders or new_ids.shape[1] == 0:
             return result
+        new_ids = new_ids[:, : int(lengths.max())]  # columns past every (cut) answer carry nothing
         full_ids = torch.cat([batch.input_ids, new_ids], dim=1)
+        start = torch.full((bsz,), prompt_len - len(prefix_ids), device=full_ids.device)
+        end = prompt_len + lengths
+        found = {}
+        for task in self.decoders:
+            b_idx, pos = self.trigger_occurrences(full_ids, task, start=start, end=end, strict=False)
+            found[task] = _cap_per_sample(b_idx, pos, task_caps)
+        if not any(len(b_idx) for b_idx, _ in found.values()):  # no decoder to run: skip the hidden-state pass
+            result.decoder_outputs = {task: [[] for _ in range(bsz)] for task in self.decoders}
+            return result
         arange = torch.arange(new_ids.shape[1], device=new_ids.device)
         new_mask = (arange.unsqueeze(0) < lengths.unsqueeze(1)).to(batch.attention_mask.dtype)
         full_mask = torch.cat([batch.attention_mask, new_mask], dim=1)
-        full_embeds = torch.cat([embeds, self.llm.embed(new_ids)], dim=1)
-        full_out = self.llm(full_embeds, full_mask)
-        hidden = full_out.hidden_states
-        start = torch.full((bsz,), prompt_len - len(prefix_ids), device=full_ids.device)
-        end = prompt_len + lengths
+        last = max(int(pos[:, -1].max()) for b_idx, pos in found.values() if len(b_idx))
+        if gen.hidden_states is not None and gen.logits is not None and last < gen.hidden_states.shape[1]:
+            hidden = gen.hidden_states
+            # gen.logits[:, j] was computed at position prompt_len - 1 + j: the slot _answer_span reads for token j
+            logits, logits_offset = gen.logits, prompt_len - 1
+        else:  # an LLM that does not return them: one more pass over prompt + answers (teacher forcing)
+            full_out = self.llm(torch.cat([embeds, self.llm.embed(new_ids)], dim=1), full_mask)
+            hidden, logits, logits_offset = full_out.hidden_states, full_out.logits, 0
         for task, decoder in self.decoders.items():
-            b_idx, pos = self.trigger_occurrences(full_ids, task, start=start, end=end, strict=False)
-            b_idx, pos = _cap_per_sample(b_idx, pos, max_task_tokens)
+            b_idx, pos = found[task]
             per_sample: list[list[Any]] = [[] for _ in range(bsz)]
             if len(b_idx):
                 inp = self.decoder_input(task, hidden, b_idx, pos, features=features,
                                          pixels=batch.decoder_pixels.get(task), image_sizes=batch.image_sizes,
                                          batch_size=bsz, input_ids=full_ids, attention_mask=full_mask,
-                                         logits=full_out.logits)
+                                         logits=logits, logits_offset=logits_offset)
                 inp.context = dict(result.decoder_outputs)
                 items = decoder.postprocess(decoder(inp), inp)
                 for b, item in zip(b_idx.tolist(), items):
@@ -222,9 +251,10 @@ class OneModel(nn.Module):
 
 
 def _answer_span(input_ids: Tensor, attention_mask: Tensor | None, logits: Tensor, batch_index: Tensor,
-                 last: Tensor, span: int) -> tuple[Tensor, Tensor]:
+                 last: Tensor, span: int, *, offset: int = 0) -> tuple[Tensor, Tensor]:
     """The ``span`` tokens after each trigger run (ending at ``last``) and the logits that predicted
-    them: (M, S) ids (-1 past the text or on padding) and (M, S, vocab) logits."""
+    them: (M, S) ids (-1 past the text or on padding) and (M, S, vocab) logits. ``logits[:, k]`` are
+    those computed at position ``offset + k`` (0: the whole sequence's)."""
     t = input_ids.shape[1]
     tok_pos = last.unsqueeze(1) + 1 + torch.arange(span, device=input_ids.device)  # (M, S)
     safe = tok_pos.clamp(max=t - 1)
@@ -233,15 +263,26 @@ def _answer_span(input_ids: Tensor, attention_mask: Tensor | None, logits: Tenso
     if attention_mask is not None:
         valid &= attention_mask[rows, safe].bool()
     ids = torch.where(valid, input_ids[rows, safe], torch.full_like(safe, -1))
-    return ids, logits[rows, safe - 1]
+    return ids, logits[rows, (safe - 1 - offset).clamp(0, logits.shape[1] - 1)]
 
 
-def _cap_per_sample(b_idx: Tensor, pos: Tensor, cap: int) -> tuple[Tensor, Tensor]:
+def _per_row(value: int | Sequence[int], rows: int, name: str) -> list[int]:
+    """One int per row from an int or a sequence of ``rows`` ints, each >= 1."""
+    values = [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)] * rows
+    if len(values) != rows:
+        raise ShapeError(f"{name}: {len(values)} value(s) for a batch of {rows} prompt(s)")
+    if values and min(values) < 1:
+        raise ValueError(f"{name} must be >= 1, got {min(values)}")
+    return values
+
+
+def _cap_per_sample(b_idx: Tensor, pos: Tensor, caps: list[int]) -> tuple[Tensor, Tensor]:
+    """Keep the first ``caps[b]`` occurrences of each sample ``b`` (occurrences are in reading order)."""
     if len(b_idx) == 0:
         return b_idx, pos
     keep = torch.zeros_like(b_idx, dtype=torch.bool)
     counts: dict[int, int] = {}
     for i, b in enumerate(b_idx.tolist()):
         counts[b] = counts.get(b, 0) + 1
-        keep[i] = counts[b] <= cap
+        keep[i] = counts[b] <= caps[b]
     return b_idx[keep], pos[keep]

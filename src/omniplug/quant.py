@@ -2,7 +2,12 @@
 
 * CUDA: bitsandbytes (int8 / nf4), applied while loading (``quantization_config``).
 * CPU: optimum-quanto (qint8 / qint4) applied to every Linear layer of the LLM once its weights are
-  final (after trained weights are loaded). torchao's int4 kernels do not run on x86 CPUs.
+  final (after trained weights are loaded); with 4 bits the LM head (``get_output_embeddings()``) is
+  qint8, as 4-bit output heads are what changes short answers most. The LLM's input embedding table
+  is stored as int8 rows (:class:`Int8Embedding`, for 8 and 4 bits: quanto has no embedding type).
+  torchao's int4 kernels do not run on x86 CPUs.
+
+Only the LLM is quantised: the image encoder, projectors and decoders stay float.
 
 ``weight_bytes`` counts the real storage of quantised tensor subclasses (``get_memory_footprint()``
 under-counts them).
@@ -43,9 +48,59 @@ def quanto_quantize(module: nn.Module, bits: int) -> None:
     except ImportError as exc:
         raise ImportError("bits on CPU needs optimum-quanto: pip install -e '.[quant]'") from exc
     # adapters (LoRA, trainable token rows) stay float: they are small and may be trained further
-    quantize(module, weights=qint8 if bits == 8 else qint4, exclude=["*lora_*", "*token_adapter*", "*modules_to_save*"])
+    adapters = ["*lora_*", "*token_adapter*", "*modules_to_save*"]
+    head = _output_head_name(module) if bits == 4 else None
+    head_patterns = [head, f"{head}.*"] if head else []
+    quantize(module, weights=qint8 if bits == 8 else qint4, exclude=adapters + head_patterns)
+    if head_patterns:
+        quantize(module, weights=qint8, include=head_patterns, exclude=adapters)
     freeze(module)
+    quantize_input_embedding(module)
     module.requires_grad_(False)
+
+
+def _output_head_name(model: nn.Module) -> str | None:
+    """Qualified name of ``model.get_output_embeddings()`` inside ``model`` (None when it has none)."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is None:
+        return None
+    return next((name for name, m in model.named_modules() if m is head and name), None)
+
+
+class Int8Embedding(nn.Module):
+    """A frozen lookup table stored as int8 with one float scale per row (symmetric, absmax / 127);
+    rows are dequantised as they are looked up."""
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        weight = embedding.weight.detach()
+        scale = weight.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+        self.register_buffer("qweight", torch.round(weight.float() / scale).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(weight.dtype))
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.padding_idx = embedding.padding_idx
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.qweight[input_ids].to(self.scale.dtype) * self.scale[input_ids]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+
+
+def quantize_input_embedding(model: nn.Module) -> bool:
+    """Replace ``model.get_input_embeddings()`` by an :class:`Int8Embedding` when it is a plain
+    ``nn.Embedding`` (an adapter-wrapped table, e.g. PEFT's trainable token rows, stays float)."""
+    get = getattr(model, "get_input_embeddings", None)
+    table = get() if callable(get) else None
+    if type(table) is not nn.Embedding:
+        return False
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is table:
+                setattr(parent, name, Int8Embedding(table))
+                return True
+    return False
 
 
 def _plain_bytes(t: Tensor) -> int:

@@ -28,6 +28,11 @@ class LLMOutput:
 class GenerateOutput:
     sequences: Tensor  # (B, T_new): generated ids only, padded with pad id
     lengths: Tensor  # (B,): number of real generated ids per row
+    # with generate(return_hidden=True): the last layer's hidden states computed while generating, at the
+    # prompt's positions then the generated tokens' (the last generated token is never fed back, so it has
+    # none): (B, T_prompt + T_new - 1, hidden); and the logits that chose each generated token: (B, T_new, vocab)
+    hidden_states: Tensor | None = None
+    logits: Tensor | None = None
 
 
 @dataclass

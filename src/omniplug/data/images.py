@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO, Sequence
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 #: refuse images above this many pixels (PIL's own guard only warns below 2x its limit)
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's default; ~9459 x 9459
+
+
+class ImageTooLargeError(ValueError):
+    """An image whose declared size is above the pixel limit (refused before its pixels are decoded)."""
 
 
 def open_image(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
@@ -20,18 +26,48 @@ def open_image(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
+    with open(path, "rb") as fp:
+        return read_image(fp, name=str(path), max_pixels=max_pixels)
+
+
+def read_image(fp: BinaryIO, *, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
+               formats: Sequence[str] | None = None, allow_animated: bool = True) -> Image.Image:
+    """Decode the image in the open binary file ``fp`` (a file, an upload's bytes in ``io.BytesIO``)
+    as an RGB ``PIL.Image`` fully loaded in memory; ``name`` names it in errors.
+
+    The declared size is checked against ``max_pixels`` before any pixel is decoded
+    (``ImageTooLargeError``). ``formats`` limits the decoders PIL may try (e.g. ``("PNG", "JPEG")``);
+    ``allow_animated=False`` refuses images of several frames. 16-bit greyscale is scaled to 8 bits.
+    Raises ``ValueError`` for an unreadable, truncated, refused or oversized image.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(fp, formats=list(formats) if formats is not None else None) as im:
                 if im.width * im.height > max_pixels:
-                    raise ValueError(f"image {path} is {im.width}x{im.height} pixels, above the limit of {max_pixels}; "
-                                     f"downscale it first")
+                    raise ImageTooLargeError(f"image {name} is {im.width}x{im.height} pixels, above the limit of "
+                                             f"{max_pixels}; downscale it first")
+                frames = getattr(im, "n_frames", 1)
+                if not allow_animated and frames > 1:
+                    raise ValueError(f"image {name} is animated ({frames} frames); send a single still image")
                 im.load()
-                return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"cannot read image {path}: {exc.__class__.__name__}: {exc}; is the file a complete image?") from None
+                return _to_rgb(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image {name} is too large to decode safely: {exc}") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot read image {name}: not an image in a format it can read"
+                         + (f" ({', '.join(formats)})" if formats is not None else "")) from None
+    except (OSError, SyntaxError, EOFError) as exc:
+        raise ValueError(f"cannot read image {name}: {exc.__class__.__name__}: {exc}; "
+                         "is the file a complete image?") from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB; 16/32-bit integer greyscale is scaled from the 16-bit range (a plain convert would clip it)."""
+    if im.mode.startswith("I"):
+        values = np.asarray(im, dtype=np.float64)
+        return Image.fromarray((values / 257.0).round().clip(0, 255).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
 
 
 def open_label_map(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> "Image.Image":

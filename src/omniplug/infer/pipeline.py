@@ -1,5 +1,41 @@
 """``Pipeline``: images + prompt (+ history) -> one typed ``Response``. The one inference path.
 
+One request or many: :meth:`Pipeline.batch` takes a list of :class:`Request` (or dicts, see
+:meth:`Request.from_dict`) and answers them together, ``batch_size`` at a time, through
+``OneModel.generate`` (left-padded prompts); ``pipe(images, prompt, ...)`` is a batch of one
+through the same code.
+
+Options in a batch (:class:`Options`)
+    ``max_new_tokens`` and ``max_task_tokens`` are per request even inside one chunk: the chunk
+    generates up to its largest ``max_new_tokens`` and every answer is cut to its own limit before
+    the decoders run, so a request gets the answer it would get alone. ``do_sample``,
+    ``temperature``, ``top_p`` and ``answer_prefix`` are shared by every row of one ``generate``
+    call, so requests are grouped by them (in order of first appearance) before chunking.
+
+Chunks
+    A chunk decodes until its longest answer ends, so within a group requests are ordered by
+    ``max_new_tokens``, then number of images, then text length, before being cut into chunks of
+    ``batch_size``: requests that declare similar answer budgets (a caption vs a yes/no question)
+    run together and short answers do not wait for long ones. Responses come back in request order.
+
+Limits
+    ``max_new_tokens`` is 1..``max_new_tokens_cap`` (default 512) and ``max_task_tokens`` (how many
+    trigger runs of one task an answer may execute, e.g. masks per answer) 1..``max_task_tokens_cap``
+    (default 64); a request outside them is refused before anything runs. Text from the prompt and
+    the history's user turns is encoded with special tokens split, so a typed ``<seg>`` or
+    ``<image>`` is plain characters: it never triggers a decoder or stands for an image.
+    ``answer_prefix`` is operator template text (task tokens allowed); never put end-user text there.
+
+Timings (``Response.timings``, seconds)
+    ``preprocess``: the request's own preparation (opening images, building the conversation) plus
+    its chunk's collation; ``generate``: the whole chunk's ``OneModel.generate`` call (LLM decoding
+    and every decoder), shared by the requests of that chunk; ``postprocess``: building this
+    response; ``total``: the sum of the three.
+
+Images are encoded once per chunk: the shared encoder runs once on every image of the chunk
+(``OneModel.embed_inputs``), and a decoder with its own image encoder (SAM) runs it once per
+request that triggers it, whatever the number of its trigger tokens in the answer.
+
 Shown text: the raw answer keeps the decoders' trigger tokens (``"It is <seg>."``). ``Response.text``
 replaces each occurrence with a numbered marker of what it produced — ``[mask 1]``, ``[image 1]``,
 ``[box 1]``, ``[action 1]`` (``[<task> 1]`` for other kinds) — numbered like the lists of the
@@ -12,10 +48,12 @@ the ``refcoco`` reader trains) gives that mask ``label=<phrase>``; otherwise the
 
 from __future__ import annotations
 
+import math
 import re
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 from PIL import Image
@@ -28,22 +66,153 @@ from omniplug.types import Response
 
 ImageLike = Union[Image.Image, str, Path]
 
+#: default upper limits of a request's options (Pipeline arguments override them)
+MAX_NEW_TOKENS_CAP = 512
+MAX_TASK_TOKENS_CAP = 64
+
 _MARKER_NAMES = {"masks": "mask", "images": "image", "boxes": "box", "actions": "action"}
 _LABEL = re.compile(r"([^\s,.;:!?][^,.;:!?]*?)\s*:\s*$")
+
+
+class RequestError(ValueError):
+    """A request that cannot run; ``index`` is its position in the batch (None for a single call)."""
+
+    def __init__(self, reason: str, *, index: int | None = None) -> None:
+        super().__init__(reason if index is None else f"request {index}: {reason}")
+        self.reason = reason
+        self.index = index
+
+
+@dataclass
+class Options:
+    """How one request is answered. See the module docstring for what a batch shares."""
+
+    max_new_tokens: int = 64
+    max_task_tokens: int = 16
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    answer_prefix: str | None = None  # operator template text (task tokens allowed), never end-user text
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Options":
+        if not isinstance(data, Mapping):
+            raise ValueError(f"options must be an object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def check(self, *, max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP, max_task_tokens_cap: int = MAX_TASK_TOKENS_CAP) -> None:
+        """Raise ValueError for a value of the wrong type or outside its limits."""
+        for name, cap in (("max_new_tokens", max_new_tokens_cap), ("max_task_tokens", max_task_tokens_cap)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
+                raise ValueError(f"{name} must be an integer from 1 to {cap}, got {value!r}")
+        if not isinstance(self.do_sample, bool):
+            raise ValueError(f"do_sample must be true or false, got {self.do_sample!r}")
+        for name, ok, what in (("temperature", lambda v: v > 0, "> 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+                raise ValueError(f"{name} must be a number {what}, got {value!r}")
+        if self.answer_prefix is not None and not isinstance(self.answer_prefix, str):
+            raise ValueError(f"answer_prefix must be text or null, got {type(self.answer_prefix).__name__}")
+
+    def shared(self) -> tuple:
+        """The settings one ``generate`` call shares: requests are grouped by this key."""
+        sampling = (self.do_sample, float(self.temperature), float(self.top_p)) if self.do_sample else (False,)
+        return (*sampling, self.answer_prefix)
+
+
+@dataclass
+class Request:
+    """One question: ``images`` are all images of the conversation in order (those not placed by
+    ``history`` turns go before the new ``prompt``); decoders (e.g. SAM) work on the first image."""
+
+    prompt: str
+    images: Sequence[ImageLike] = ()
+    history: Sequence[Turn] = ()
+    options: Options = field(default_factory=Options)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | Path | None = None) -> "Request":
+        """``{"prompt": str, "image": path | "images": [paths], "history": [{role, text, images}],
+        "options": {max_new_tokens, ...}}``; relative image paths are taken from ``base_dir``."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a request must be an object with a 'prompt', got {type(data).__name__}")
+        known = {"prompt", "image", "images", "history", "options"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; a request has {', '.join(sorted(known))}")
+        if "prompt" not in data:
+            raise ValueError("missing 'prompt'")
+        if "image" in data and "images" in data:
+            raise ValueError("give 'image' or 'images', not both")
+        images = data.get("images", [data["image"]] if "image" in data else [])
+        if not isinstance(images, list):
+            raise ValueError(f"'images' must be a list of paths, got {type(images).__name__}")
+        paths = []
+        for im in images:
+            if not isinstance(im, str) or not im:
+                raise ValueError(f"an image must be a file path, got {im!r}")
+            path = Path(im).expanduser()
+            paths.append(path if path.is_absolute() or base_dir is None else Path(base_dir) / path)
+        history = data.get("history", [])
+        if not isinstance(history, list):
+            raise ValueError(f"'history' must be a list of turns, got {type(history).__name__}")
+        turns = []
+        for turn in history:
+            if not isinstance(turn, Mapping) or set(turn) - {"role", "text", "images"} or not {"role", "text"} <= set(turn):
+                raise ValueError(f"a history turn has 'role' (user or assistant), 'text' and optionally 'images' "
+                                 f"(a count), got {turn!r}")
+            turns.append(Turn(role=turn["role"], text=turn["text"], images=turn.get("images", 0)))
+        request = cls(prompt=data["prompt"], images=paths, history=turns, options=Options.from_dict(data.get("options", {})))
+        request.check()
+        return request
+
+    def check(self, *, max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP, max_task_tokens_cap: int = MAX_TASK_TOKENS_CAP) -> None:
+        """Raise ValueError for a malformed request (types, image counts, options); opens no file."""
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"the prompt must be text, got {type(self.prompt).__name__}")
+        for im in self.images:
+            if not isinstance(im, (Image.Image, str, Path)):
+                raise ValueError(f"an image must be a PIL image or a file path, got {type(im).__name__}")
+        placed = 0
+        for turn in self.history:
+            if not isinstance(turn, Turn):
+                raise ValueError(f"history turns must be Turn values, got {type(turn).__name__}")
+            if turn.role not in ("user", "assistant") or not isinstance(turn.text, str):
+                raise ValueError(f"a history turn needs role 'user' or 'assistant' and text, got {turn!r}")
+            if isinstance(turn.images, bool) or not isinstance(turn.images, int) or turn.images < 0 or \
+                    (turn.images and turn.role != "user"):
+                raise ValueError(f"only user turns place images (a count >= 0), got {turn!r}")
+            placed += turn.images
+        if placed > len(self.images):
+            raise ValueError(f"the history places {placed} image(s) but only {len(self.images)} were given")
+        if not isinstance(self.options, Options):
+            raise ValueError(f"options must be an Options value, got {type(self.options).__name__}")
+        self.options.check(max_new_tokens_cap=max_new_tokens_cap, max_task_tokens_cap=max_task_tokens_cap)
 
 
 class Pipeline:
     """Wraps a built ``OneModel`` for inference. Build with :meth:`from_config`."""
 
-    def __init__(self, model, *, max_length: int = 2048, markers: bool = True) -> None:
+    def __init__(self, model, *, max_length: int = 2048, markers: bool = True, batch_size: int = 8,
+                 max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP, max_task_tokens_cap: int = MAX_TASK_TOKENS_CAP) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.model.eval()
         self.collator = Collator(model, max_length=max_length, for_generation=True)
         self.markers = markers
+        self.batch_size = batch_size
+        self.max_new_tokens_cap = max_new_tokens_cap
+        self.max_task_tokens_cap = max_task_tokens_cap
 
     @classmethod
     def from_config(cls, config, overrides: Sequence[str] = (), *, device: str | torch.device | None = None,
-                    max_length: int | None = None, markers: bool = True) -> "Pipeline":
+                    max_length: int | None = None, markers: bool = True, batch_size: int = 8) -> "Pipeline":
         """Build the model of ``config`` (a YAML path or a loaded ``Config``) with its ``one_model.weights``."""
         from omniplug.build import build_model
         from omniplug.config import Config, load_config
@@ -52,7 +221,8 @@ class Pipeline:
         model = build_model(cfg)
         if device is not None:
             model.to(device)
-        return cls(model, max_length=max_length or max(cfg.data.max_length, 512), markers=markers)
+        return cls(model, max_length=max_length or max(cfg.data.max_length, 512), markers=markers,
+                   batch_size=batch_size)
 
     @property
     def device(self) -> torch.device:
@@ -60,30 +230,91 @@ class Pipeline:
 
     def __call__(self, images: ImageLike | Sequence[ImageLike] | None, prompt: str, *,
                  history: Sequence[Turn] | None = None, max_new_tokens: int = 64, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, answer_prefix: str | None = None) -> Response:
-        """Answer ``prompt`` about ``images``.
+                 temperature: float = 1.0, top_p: float = 1.0, max_task_tokens: int = 16,
+                 answer_prefix: str | None = None) -> Response:
+        """Answer ``prompt`` about ``images``: a batch of one (see :class:`Request` and :class:`Options`)."""
+        options = Options(max_new_tokens=max_new_tokens, max_task_tokens=max_task_tokens, do_sample=do_sample,
+                          temperature=temperature, top_p=top_p, answer_prefix=answer_prefix)
+        request = Request(prompt=prompt, images=_as_list(images), history=list(history or []), options=options)
+        try:
+            return self.batch([request])[0]
+        except RequestError as exc:
+            raise RequestError(exc.reason) from None
 
-        ``images`` are all images of the conversation in order; those not already placed by
-        ``history`` turns go before the new prompt. Decoders (e.g. SAM) work on the first image.
-        ``answer_prefix`` (operator-supplied template text: task tokens allowed, e.g. the ``<gen_*>``
-        tokens) starts the answer; never pass end-user text here.
-        """
+    def batch(self, requests: Sequence[Request | Mapping[str, Any]], *, batch_size: int | None = None,
+              progress: Callable[[int], None] | None = None) -> list[Response]:
+        """Answer every request; ``Response`` i belongs to ``requests[i]``. Every request is checked
+        before anything runs (a bad one raises :class:`RequestError` naming its index). ``progress``
+        is called with the number of requests each finished chunk answered."""
+        size = batch_size or self.batch_size
+        if size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {size}")
+        checked = [self._checked(i, r) for i, r in enumerate(requests)]
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(checked):
+            groups.setdefault(request.options.shared(), []).append(i)
+        responses: list[Response | None] = [None] * len(checked)
+        for indices in groups.values():
+            indices = sorted(indices, key=lambda i: _size(checked[i]))  # stable: equal sizes keep their order
+            for at in range(0, len(indices), size):
+                chunk = indices[at:at + size]
+                for i, response in zip(chunk, self._run_chunk([(i, checked[i]) for i in chunk])):
+                    responses[i] = response
+                if progress is not None:
+                    progress(len(chunk))
+        return responses  # type: ignore[return-value]
+
+    def _checked(self, index: int, request: Request | Mapping[str, Any]) -> Request:
+        try:
+            if isinstance(request, Mapping):
+                request = Request.from_dict(request)
+            elif not isinstance(request, Request):
+                raise ValueError(f"expected a Request or a dict, got {type(request).__name__}")
+            request.check(max_new_tokens_cap=self.max_new_tokens_cap, max_task_tokens_cap=self.max_task_tokens_cap)
+        except (ValueError, TypeError) as exc:
+            raise RequestError(str(exc), index=index) from None
+        return request
+
+    def _sample(self, index: int, request: Request) -> Sample:
+        try:
+            pil = [open_image(im) if isinstance(im, (str, Path)) else im.convert("RGB") for im in request.images]
+        except (ValueError, FileNotFoundError) as exc:
+            raise RequestError(str(exc), index=index) from None
+        placed = sum(t.images for t in request.history)
+        turns = list(request.history) + [Turn(role="user", text=request.prompt, images=len(pil) - placed)]
+        return Sample(turns=turns, images=pil, meta={"id": f"request {index}"})
+
+    def _run_chunk(self, chunk: list[tuple[int, Request]]) -> list[Response]:
+        own_pre = []
+        samples = []
+        for index, request in chunk:
+            t = time.perf_counter()
+            samples.append(self._sample(index, request))
+            own_pre.append(time.perf_counter() - t)
         t0 = time.perf_counter()
-        pil = [open_image(im) if isinstance(im, (str, Path)) else im.convert("RGB") for im in _as_list(images)]
-        history = list(history or [])
-        placed = sum(t.images for t in history)
-        if placed > len(pil):
-            raise ValueError(f"the history places {placed} image(s) but only {len(pil)} were given")
-        turns = history + [Turn(role="user", text=prompt, images=len(pil) - placed)]
-        batch = self.collator([Sample(turns=turns, images=pil)]).to(self.device)
+        try:
+            batch = self.collator(samples).to(self.device)
+        except ValueError as exc:  # the collator names the sample by its meta id: "request <i>"
+            index = next((i for i, _ in chunk if f"request {i}:" in str(exc)), None)
+            raise RequestError(str(exc).replace(f"sample request {index}: ", ""), index=index) from None
         t1 = time.perf_counter()
-        gen = self.model.generate(batch, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                  top_p=top_p, answer_prefix=answer_prefix)
+        options = [request.options for _, request in chunk]
+        shared = options[0]
+        gen = self.model.generate(batch, max_new_tokens=[o.max_new_tokens for o in options],
+                                  max_task_tokens=[o.max_task_tokens for o in options], do_sample=shared.do_sample,
+                                  temperature=shared.temperature, top_p=shared.top_p,
+                                  answer_prefix=shared.answer_prefix)
         t2 = time.perf_counter()
-        response = self._response(gen.texts[0], {task: outs[0] for task, outs in gen.decoder_outputs.items()})
-        t3 = time.perf_counter()
-        response.timings = {"preprocess": t1 - t0, "generate": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0}
-        return response
+        collate, generate = t1 - t0, t2 - t1
+        responses = []
+        for row, pre in enumerate(own_pre):
+            t = time.perf_counter()
+            response = self._response(gen.texts[row], {task: outs[row] for task, outs in gen.decoder_outputs.items()})
+            post = time.perf_counter() - t
+            response.timings = {"preprocess": pre + collate, "generate": generate, "postprocess": post,
+                                "total": pre + collate + generate + post}
+            responses.append(response)
+        return responses
 
     # --- building the Response --------------------------------------------------------------------
     def _response(self, raw: str, outputs: dict[str, list[Any]]) -> Response:
@@ -128,6 +359,12 @@ class Pipeline:
             if special:
                 text = text.replace(special, "")
         return " ".join(text.split())
+
+
+def _size(request: Request) -> tuple[int, int, int]:
+    """How long a request is expected to run: answer budget, images, text length."""
+    text = len(request.prompt) + sum(len(t.text) for t in request.history)
+    return request.options.max_new_tokens, len(request.images), text
 
 
 def trigger_labels(raw: str, token: str) -> list[str | None]:

@@ -63,21 +63,31 @@ class CausalLMWrapper(LanguageModel):
     @torch.no_grad()
     def generate(self, inputs_embeds: Tensor, attention_mask: Tensor, *, max_new_tokens: int = 64,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 eos_token_id: int | None = None, pad_token_id: int = 0, **extra: Any) -> GenerateOutput:
+                 eos_token_id: int | None = None, pad_token_id: int = 0, return_hidden: bool = False,
+                 **extra: Any) -> GenerateOutput:
+        """``return_hidden`` also returns the last layer's hidden states and the raw logits computed while
+        generating (see ``GenerateOutput``), so that nobody has to run the sequence again to get them."""
         options: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=eos_token_id,
                                        pad_token_id=pad_token_id, **extra)
         if do_sample:
             options.update(temperature=temperature, top_p=top_p)
         else:  # keep greedy decoding free of sampling knobs from the checkpoint's generation_config
             options.update(temperature=None, top_p=None, top_k=None)
-        seq = self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **options)
+        if return_hidden:
+            options.update(return_dict_in_generate=True, output_hidden_states=True, output_logits=True)
+        out = self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **options)
+        seq = out.sequences if return_hidden else out
         lengths = torch.full((seq.shape[0],), seq.shape[1], dtype=torch.long, device=seq.device)
         if eos_token_id is not None:
             is_eos = seq == eos_token_id
             has = is_eos.any(dim=1)
             first = is_eos.float().argmax(dim=1)
             lengths = torch.where(has, first + 1, lengths)
-        return GenerateOutput(sequences=seq, lengths=lengths)
+        if not return_hidden:
+            return GenerateOutput(sequences=seq, lengths=lengths)
+        # out.hidden_states: one tuple per step (all layers); step 0 covers the prompt, step j the token j-1
+        hidden = torch.cat([step[-1] for step in out.hidden_states], dim=1)
+        return GenerateOutput(sequences=seq, lengths=lengths, hidden_states=hidden, logits=torch.stack(out.logits, dim=1))
 
     def resize_token_embeddings(self, size: int) -> None:
         """Grow (or shrink) the vocabulary. New rows start at the old rows' mean plus small noise from a

@@ -1,0 +1,68 @@
+"""The JSON of one answer (``POST /v1/infer``, and ``response.json`` in the UI's downloads), and of
+an error. The pydantic models are what FastAPI writes into ``/openapi.json``."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from omniplug.infer.render import jsonable, mask_image
+from omniplug.types import Response
+
+
+class MaskOut(BaseModel):
+    label: str | None = Field(description="what the answer named this mask, when it did ('the red circle: <seg>')")
+    score: float = Field(description="the decoder's confidence")
+    area: int = Field(description="pixels inside the mask")
+    width: int
+    height: int
+    png: str = Field(description="base64 PNG, 8-bit greyscale: 255 inside the mask, 0 outside; the size of the first image")
+
+
+class ImageOut(BaseModel):
+    width: int
+    height: int
+    png: str = Field(description="base64 PNG of a generated image")
+
+
+class InferResponse(BaseModel):
+    text: str = Field(description="the answer; [mask 1], [image 1], ... stand where each output was produced")
+    masks: list[MaskOut] = []
+    images: list[ImageOut] = []
+    boxes: list[Any] = []
+    actions: list[Any] = []
+    extra: dict[str, list[Any]] = Field(default_factory=dict, description="outputs of decoders of other kinds")
+    timings: dict[str, float] = Field(default_factory=dict,
+                                      description="seconds per stage: queue, preprocess, generate, postprocess, total")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable machine-readable reason, e.g. invalid_image, queue_full")
+    message: str = Field(description="what went wrong and what to do")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def png_base64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def to_payload(response: Response) -> InferResponse:
+    masks = []
+    for m in response.masks:
+        pixels = np.asarray(m.mask, dtype=bool)
+        masks.append(MaskOut(label=m.label, score=float(m.score), area=int(pixels.sum()), width=int(pixels.shape[1]),
+                             height=int(pixels.shape[0]), png=png_base64(mask_image(m))))
+    images = [ImageOut(width=im.width, height=im.height, png=png_base64(im)) for im in response.images]
+    return InferResponse(text=response.text, masks=masks, images=images, boxes=jsonable(response.boxes),
+                         actions=jsonable(response.actions), extra=jsonable(response.extra),
+                         timings={k: round(float(v), 6) for k, v in response.timings.items()})
