@@ -209,3 +209,22 @@ def test_bad_action_configs_are_loud(tiny_dir):
         _build(tiny_dir, "act_words_tiny", "decoder.act_words_tiny.demos=${base_dir}/act_demos/continuous")
     with pytest.raises(ConfigError, match="demos collect"):
         _build(tiny_dir, "act_bins_tiny", "decoder.act_bins_tiny.demos=null")
+
+
+@pytest.mark.parametrize("config, decoders", [("configs/babyai/gotolocal.yaml", ("act_tokens", "act_words")),
+                                              ("configs/reacher/reacher.yaml", ("act_bins", "act_rvq", "act_regress"))])
+def test_shipped_agent_configs_build(tiny_dir, config, decoders):
+    """The agent configs under configs/ build with each of their adapters (demos pointed at the tiny ones)."""
+    from pathlib import Path
+
+    from omniplug.build import build_model
+    from omniplug.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    kind = "discrete" if "babyai" in config else "continuous"
+    demos = tiny_dir / "act_demos" / kind
+    for decoder in decoders:
+        cfg = load_config(root / config, [f"one_model.decoder={decoder}", f"decoder.{decoder}.demos={demos}"])
+        model = build_model(cfg)
+        assert model.decoders["act"].space.kind == kind
+        assert model.num_image_tokens == (49 if "babyai" in config else 64)

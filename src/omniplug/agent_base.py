@@ -1,6 +1,7 @@
 """The architecture of the shipped agent configs (``configs/babyai/``), written as config-only
-checkpoint folders like :mod:`omniplug.default_base`: a CLIP vision tower (64 px, patch 8: one
-token per grid cell of BabyAI's 8x8 top view), a Llama LLM and a BPE tokenizer trained offline on
+checkpoint folders like :mod:`omniplug.default_base`: CLIP vision towers with one 8 px patch per
+grid cell (``clip``: 64 px, BabyAI's 8x8 top view and Reacher; ``clip_ego``: 56 px, BabyAI's 7x7
+egocentric view), a Llama LLM and a BPE tokenizer trained offline on
 the environments' instructions and action words. No weights: the configs say ``from_scratch: true``.
 
 Regenerate with ``python -m omniplug.agent_base configs/babyai/base``.
@@ -12,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-IMAGE = 64
+IMAGE = 64  # BabyAI's 8x8 top view and Reacher's render
+EGO = 56  # BabyAI's 7x7 egocentric view (view: agent)
 ENVS_FOR_TEXT = ("babyai-gotolocal", "babyai-pickuploc", "babyai-putnextlocal")
 
 
@@ -41,9 +43,10 @@ def write_base(out: str | Path, *, hidden: int = 128, layers: int = 4, clip_laye
     (out / "llama").mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(out / "llama"))
     llama_config(vocab=len(tok), hidden=hidden, layers=layers, pad_id=tok.pad_token_id).save_pretrained(str(out / "llama"))
-    clip_config(hidden=hidden, image_size=IMAGE, patch=8, layers=clip_layers).save_pretrained(str(out / "clip"))
-    CLIPImageProcessorPil(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE},
-                          do_resize=False, do_center_crop=False).save_pretrained(str(out / "clip"))
+    for name, size in (("clip", IMAGE), ("clip_ego", EGO)):
+        clip_config(hidden=hidden, image_size=size, patch=8, layers=clip_layers).save_pretrained(str(out / name))
+        CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                              do_resize=False, do_center_crop=False).save_pretrained(str(out / name))
     (out / "README.md").write_text("Config-only checkpoints of the agent configs' architecture (no weights); "
                                    "written by `python -m omniplug.agent_base`.\n")
     return out
