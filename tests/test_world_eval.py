@@ -49,7 +49,9 @@ def test_world_eval_end_to_end(tiny_dir, tmp_path):
                      "--max-samples", "2", "--batch-size", "2", "--json"])
     assert code == 0
     report = json.loads(out.getvalue())
-    assert set(report) == set(TASKS)
+    assert set(report) == set(TASKS) | {"image_reliance"}
+    reliance = report["image_reliance"]  # LM loss with own vs another scene's image
+    assert reliance["n"] == 2 and abs(reliance["gap"] - (reliance["lm_loss_other_image"] - reliance["lm_loss"])) < 1e-9
     for task, figures in report.items():
         for key, value in figures.items():
             if key in ("object_f1", "accuracy", "ciou", "giou", "miou", "pq", "exact"):
@@ -65,7 +67,7 @@ def test_eval_finds_world_splits(tiny_dir, tmp_path):
     out = io.StringIO()
     with redirect_stdout(out):
         assert main(["eval", "-c", str(tiny_dir / "edit.yaml"), "--data", str(tmp_path / "val"), *common]) == 0
-    assert set(json.loads(out.getvalue())) == set(TASKS)
+    assert set(json.loads(out.getvalue())) == set(TASKS)  # one sample per task: too few for the reliance check
 
     out = io.StringIO()
     with redirect_stdout(out):

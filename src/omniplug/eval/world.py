@@ -107,6 +107,33 @@ def eval_vqa(model, data_dir: Path, *, n: int, batch_size: int) -> dict[str, flo
     return {"accuracy": correct / len(items) if items else 0.0, "n": len(items)}
 
 
+def image_reliance(model, data_dir: Path, *, n: int, batch_size: int) -> dict[str, float]:
+    """Does the model look at the image? Teacher-forced LM loss of caption/VQA answers with each
+    sample's own image and with the images of the batch rotated by one (another scene's). A model
+    that ignores its vision tower scores ``gap`` ~ 0 however fluent its answers are."""
+    from omniplug.data.world_tasks import _reader
+
+    if model.encoder is None:
+        return {}
+    reader = _reader("caption_vqa", Path(data_dir), {})
+    items = [reader[i] for i in range(min(n, len(reader)))]
+    collate = Collator(model, max_length=512)
+    own = other = 0.0
+    counted = 0
+    with torch.no_grad():
+        for chunk in _batches(items, max(batch_size, 2)):
+            if len(chunk) < 2:
+                continue
+            batch = collate(list(chunk)).to(next(model.parameters()).device)
+            own += float(model(batch).lm_loss) * len(chunk)
+            batch.pixel_values = batch.pixel_values.roll(1, 0)
+            other += float(model(batch).lm_loss) * len(chunk)
+            counted += len(chunk)
+    if not counted:
+        return {}
+    return {"lm_loss": own / counted, "lm_loss_other_image": other / counted, "gap": (other - own) / counted, "n": counted}
+
+
 # ---- segmentation tasks -------------------------------------------------------------------------
 def _predicted_masks(model, chunk: Sequence[Sample], task: str):
     gen = _answer(model, [Sample(turns=s.turns[:-1], images=s.images) for s in chunk], max_new_tokens=96)
@@ -263,6 +290,10 @@ def evaluate_world(model, data_dir: str | Path, *, n: int = 100, batch_size: int
                 results[task] = res
             if progress:
                 progress(f"{task}: {res}")
+        if tuple(tasks) == TASKS:
+            reliance = image_reliance(model, data_dir, n=n, batch_size=batch_size)
+            if reliance:
+                results["image_reliance"] = reliance
     finally:
         model.train(was_training)
     return results
@@ -283,5 +314,9 @@ def format_world_table(results: dict[str, Any]) -> str:
         seen = results[task].get(metric)
         held = holdout.get(task, {}).get(metric)
         rows.append((task, metric, f"{seen:.3f}" if seen is not None else "-", f"{held:.3f}" if held is not None else "-"))
+    if "image_reliance" in results:  # a diagnostic, not a task: LM loss gained by seeing the right image
+        held = holdout.get("image_reliance", {}).get("gap")
+        rows.append(("(image reliance)", "loss gap", f"{results['image_reliance']['gap']:.3f}",
+                     f"{held:.3f}" if held is not None else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
