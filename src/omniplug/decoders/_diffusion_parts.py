@@ -58,7 +58,8 @@ def load_parts(path: str, *, vae: str | None, scheduler: str | None, text_encode
     root = local_checkpoint(path, what=what, must_contain=("unet", "scheduler"))
     def load(cls, folder: Path):
         if from_scratch:  # random initialisation from the folder's config.json (models trained from nothing)
-            return cls.from_config(cls.load_config(str(folder))).to(dtype)
+            model = cls.from_config(cls.load_config(str(folder)))
+            return model if dtype == torch.float32 else model.to(dtype)  # fp32 is from_config's own dtype
         return load_pretrained(cls, folder, torch_dtype=dtype)
 
     unet = load(diffusers.UNet2DConditionModel, _sub(root, "unet", what))
