@@ -77,3 +77,17 @@ def test_eval_finds_world_splits(tiny_dir, tmp_path):
     assert set(report) == set(TASKS) | {"holdout"} and set(report["holdout"]) == set(TASKS)
     meta = json.loads((tmp_path / "auto" / "holdout" / "meta.json").read_text())
     assert meta["split"] == "holdout" and meta["seed"] == 102
+
+
+def test_world_eval_scores_what_the_model_can_do(tiny_dir, tmp_path):
+    """A mask-only model is scored on captions, VQA and the mask tasks (no generation row); --tasks narrows it."""
+    assert main(["world", "generate", "--out", str(tmp_path / "val"), "--n", "3", "--seed", "5", "--split", "val"]) == 0
+    common = ["--data", str(tmp_path / "val"), "--max-samples", "1", "--batch-size", "2", "--json"]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["eval", "-c", str(tiny_dir / "seg.yaml"), *common]) == 0
+    assert set(json.loads(out.getvalue())) == set(TASKS) - {"generation"}
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["eval", "-c", str(tiny_dir / "seg.yaml"), *common, "--tasks", "vqa,referring"]) == 0
+    assert set(json.loads(out.getvalue())) == {"vqa", "referring"}

@@ -35,6 +35,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", metavar="DIR", help="every task figure on a procedural-world split written by "
                    "`omniplug world generate` (caption F1, VQA, referring cIoU, ..., generation accuracy)")
     p.add_argument("--holdout", metavar="DIR", help="with --world: the same figures on a hold-out split")
+    p.add_argument("--tasks", metavar="LIST", help="world splits: comma-separated tasks to score (default: every task "
+                   "the model's decoders support)")
     p.add_argument("--clip-dir", metavar="DIR", help="generation datasets: also CLIP score with this CLIP checkpoint")
     p.add_argument("--env", help="closed-loop evaluation on this environment instead (e.g. babyai-gotolocal): success "
                    "rate, mean return, episode length and rollouts.gif (docs/actions.md)")
@@ -180,9 +182,10 @@ def _run_world(args: argparse.Namespace, cfg) -> int:
     n = args.max_samples or 100
     batch = args.batch_size or cfg.trainer.batch_size_eval
     say = (lambda m: print(m, file=sys.stderr)) if not args.json else None
-    report = evaluate_world(model, args.world, n=n, batch_size=batch, progress=say)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    report = evaluate_world(model, args.world, n=n, batch_size=batch, tasks=tasks, progress=say)
     if args.holdout:
-        report["holdout"] = evaluate_world(model, args.holdout, n=n, batch_size=batch, progress=say)
+        report["holdout"] = evaluate_world(model, args.holdout, n=n, batch_size=batch, tasks=tasks, progress=say)
     if args.out:
         Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).expanduser().write_text(json.dumps(report, indent=2))

@@ -255,13 +255,26 @@ def eval_generation(model, data_dir: Path, *, n: int, batch_size: int) -> dict[s
 
 
 # ---- everything ---------------------------------------------------------------------------------
+MASK_TASKS = ("referring", "reasoning", "semantic", "part", "panoptic")
+
+
+def supported_tasks(model) -> tuple[str, ...]:
+    """The world tasks ``model`` can answer: captions and VQA always, mask tasks with a mask decoder,
+    generation with an image decoder (a specialist is scored on its own tasks)."""
+    kinds = {getattr(d, "output_kind", "") for d in model.decoders.values()}
+    return tuple(t for t in TASKS if (t not in MASK_TASKS or "masks" in kinds) and (t != "generation" or "images" in kinds))
+
+
 def evaluate_world(model, data_dir: str | Path, *, n: int = 100, batch_size: int = 16,
-                   tasks: Sequence[str] = TASKS, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """All task figures on one world split written by ``omniplug world generate``."""
+                   tasks: Sequence[str] | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The task figures on one world split written by ``omniplug world generate`` (``tasks``: default
+    every task the model supports), plus the image-reliance check when the model has an encoder."""
     from omniplug.data.world_tasks import _reader
     from omniplug.data.world import CATEGORIES
 
     data_dir = Path(data_dir)
+    every = tasks is None
+    tasks = supported_tasks(model) if tasks is None else tuple(tasks)
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown world eval task(s) {sorted(unknown)}; choose from {', '.join(TASKS)}")
@@ -290,7 +303,7 @@ def evaluate_world(model, data_dir: str | Path, *, n: int = 100, batch_size: int
                 results[task] = res
             if progress:
                 progress(f"{task}: {res}")
-        if tuple(tasks) == TASKS:
+        if every:
             reliance = image_reliance(model, data_dir, n=n, batch_size=batch_size)
             if reliance:
                 results["image_reliance"] = reliance
