@@ -21,10 +21,8 @@ the minimum.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -153,14 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     best = {name: min(times) for name, times in runs.items()}
     step_costs = llm_step_costs(pipe.model, prompt_len=int(np.mean([len(pipe.collator([pipe._sample(0, r)]).input_ids[0])
                                                                     for r in requests[:8]])), batch_size=args.batch_size)
+    from omniplug.bench_record import record_header
+
     result = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(REPO))] + (argv or sys.argv[1:])),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "config": str(Path(args.config).resolve().relative_to(REPO)) if Path(args.config).resolve().is_relative_to(REPO)
-        else args.config,
+        **record_header(repo=REPO, config=args.config, argv=argv),
         "requests": len(requests), "batch_size": args.batch_size, "repeats": args.repeats,
         "kinds": kinds,
         "seconds": {name: [round(t, 3) for t in times] for name, times in runs.items()},

@@ -20,10 +20,8 @@ seed): ``--n`` samples for each task, ``--n-generation`` for image generation (s
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -124,14 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name, q in quality.items()}
     delta = {name: {t: round(headline[name][t] - headline["fp32"][t], 2) for t in headline[name]} for name in headline}
 
+    from omniplug.bench_record import record_header
+
     result = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(REPO))] + (argv or sys.argv[1:])),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "config": str(Path(args.config).resolve().relative_to(REPO)) if Path(args.config).resolve().is_relative_to(REPO)
-        else args.config,
+        **record_header(repo=REPO, config=args.config, argv=argv),
         "quantised": f"llm entry '{entry}': every Linear (optimum-quanto qint8 / qint4, with 4 bits the LM head qint8) "
                      f"+ input embedding (int8 rows); encoder, projectors, decoders fp32",
         "eval": {"split": str(root.relative_to(REPO)) if root.is_relative_to(REPO) else str(root), "seed": 101,
