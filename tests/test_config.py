@@ -72,6 +72,32 @@ def test_unknown_key_names_file_entry_key_and_accepted(write_yaml):
     assert "accepted keys" in msg and "select_feature_layer" in msg and "did you mean" in msg
 
 
+SCHEDULE = BASE + """
+dataset:
+  cap: {type: world, root: /data/world, task: caption_vqa}
+  seg: {type: world, root: /data/world, task: referring}
+data:
+  train: {cap: 1, seg: 2}
+  schedule: SCHEDULE_HERE
+"""
+
+
+def test_curriculum_schedule_is_checked(write_yaml):
+    good = "[{until_step: 100, train: {cap: 1}}, {until_step: 300, train: {cap: 1, seg: 1}}]"
+    cfg = load_config(write_yaml(SCHEDULE.replace("SCHEDULE_HERE", good)))
+    assert [p["until_step"] for p in cfg.data.schedule] == [100, 300]
+    bad = {
+        "[{until_step: 100, train: {capt: 1}}]": "data.schedule\\[0\\].train: unknown dataset entry 'capt'",
+        "[{until_step: 100, train: {cap: 1}}, {until_step: 50, train: {seg: 1}}]": "until_step must be an integer > 100",
+        "[{until: 100, train: {cap: 1}}]": "must be \\{until_step: N",
+        "[{until_step: 100, train: {cap: 0}}]": "positive sum",
+        "[{until_step: 100, train: {cap: -1, seg: 2}}]": "ratio must be a number >= 0",
+    }
+    for schedule, message in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(write_yaml(SCHEDULE.replace("SCHEDULE_HERE", schedule)))
+
+
 def test_unknown_entry_name(write_yaml):
     with pytest.raises(ConfigError, match="unknown llm entry 'llava_8b'.*available llm entries: llava_13b, llava_7b"):
         load_config(write_yaml(BASE), ["one_model.llm=llava_8b"])

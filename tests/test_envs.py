@@ -115,3 +115,96 @@ def test_evaluate_config_builds_the_model_and_writes_a_gif(tiny_dir, tmp_path):
                              episodes=1, num_envs=1, out_dir=tmp_path, env_options={"max_steps": 2})
     assert report.episodes[0].length <= 2 and report.policy_calls >= 1
     assert (tmp_path / "rollouts.gif").is_file()
+
+
+def test_frame_history_in_demos_and_in_rollouts_agree(tiny_dir, tmp_path):
+    """history: k -> the last k frames (oldest first, the first frame repeated before the start), the same
+    in the demos reader and in a closed-loop rollout."""
+    from omniplug.build import build_model
+    from omniplug.data.demos import DemoDataset
+    from omniplug.envs.base import Observation
+
+    out = tmp_path / "demos"
+    collect_demos("babyai-gotolocal", episodes=2, out=out, seed=3, env_options={"view": "agent"})
+    ds = DemoDataset(data_dir=str(out), history=3)
+    from omniplug.actions.episodes import read_episode, read_index
+    episode = read_episode(str(out), read_index(str(out))[0])
+    frames = lambda sample: [np.asarray(im) for im in sample.images]  # noqa: E731
+    assert ds[0].turns[0].images == 3
+    assert all(np.array_equal(f, episode.frames[0]) for f in frames(ds[0]))  # before the start: the first frame
+    t = min(2, episode.length - 1)
+    expected = [episode.frames[max(t - j, 0)] for j in (2, 1, 0)]
+    assert all(np.array_equal(a, b) for a, b in zip(frames(ds[t]), expected))
+    with pytest.raises(ValueError, match="history must be >= 1"):
+        DemoDataset(data_dir=str(out), history=0)
+
+    model = build_model(tiny_dir / "act.yaml")
+    policy = ModelPolicy(model, history=3)
+    a, b, c = (np.full((8, 8, 3), v, dtype=np.uint8) for v in (1, 2, 3))
+    assert [f[0, 0, 0] for f in policy.frames(Observation(image=c, instruction="x"))] == [3, 3, 3]
+    assert [f[0, 0, 0] for f in policy.frames(Observation(image=c, instruction="x", history=(b,)))] == [2, 2, 3]
+    assert [f[0, 0, 0] for f in policy.frames(Observation(image=c, instruction="x", history=(a, a, b)))] == [1, 2, 3]
+
+    seen = []
+    inner = policy.act
+    policy.act = lambda obs: seen.extend(obs) or inner(obs)
+    evaluate(policy, "babyai-gotolocal", episodes=1, seed=500, num_envs=1,
+             env_options={"max_steps": 3, "view": "agent"})
+    assert [len(o.history) for o in seen] == [0, 1, 2][:len(seen)] and len(seen) >= 2
+    assert np.array_equal(seen[1].history[-1], seen[0].image)  # the frame before is the one acted on
+
+
+def test_evaluate_config_reads_the_history_of_the_training_demos(tiny_dir, tmp_path):
+    from omniplug.config import load_config
+    from omniplug.envs.rollout import demo_history
+
+    cfg = load_config(tiny_dir / "act.yaml")
+    assert demo_history(cfg) == 1
+    name = next(n for n in cfg.data.train if cfg.catalogues["dataset"][n].type == "demos")
+    assert demo_history(load_config(tiny_dir / "act.yaml", [f"dataset.{name}.history=2"])) == 2
+
+
+def test_agent_view_grids_are_stored_and_answer_where_questions(tmp_path):
+    """The symbolic grid is the rendered view's own: its objects sit on the coloured tiles of the frame, and
+    babyai_where answers from it with the nearest matching object."""
+    from omniplug.actions.episodes import read_episode, read_index
+    from omniplug.data.babyai_where import COLOURS, OBJECTS, BabyAIWhereDataset, mission_target, where_is
+
+    out = tmp_path / "demos"
+    collect_demos("babyai-gotolocal", episodes=3, out=out, seed=11, env_options={"view": "agent"})
+    episode = read_episode(str(out), read_index(str(out))[0])
+    assert episode.grids is not None and episode.grids.shape == (episode.length + 1, 7, 7, 3)
+    names = {v: k for k, v in COLOURS.items()}
+    hue = {"red": lambda r, g, b: r - np.maximum(g, b), "green": lambda r, g, b: g - np.maximum(r, b),
+           "blue": lambda r, g, b: b - np.maximum(r, g), "purple": lambda r, g, b: b - g,
+           "yellow": lambda r, g, b: np.minimum(r, g) - b}
+    checked = 0
+    for grid, frame in zip(episode.grids, episode.frames.astype(int)):
+        for x, y in zip(*np.nonzero(np.isin(grid[..., 0], list(OBJECTS.values())))):
+            colour = names[int(grid[x, y, 1])]
+            if colour in hue:  # the object's colour is drawn in its 8x8 tile: column x, row y
+                tile = frame[y * 8:(y + 1) * 8, x * 8:(x + 1) * 8].reshape(-1, 3)
+                assert hue[colour](*tile.T).max() > 60, (x, y, colour)
+                checked += 1
+    assert checked > 0
+
+    empty = np.zeros((7, 7, 3), dtype=np.uint8)
+    assert where_is(empty, "red", "ball") == "not in view"
+    g = empty.copy()
+    g[1, 4] = (OBJECTS["ball"], COLOURS["red"], 0)  # 2 ahead, 2 left
+    g[4, 5] = (OBJECTS["ball"], COLOURS["red"], 0)  # 1 ahead, 1 right: nearer
+    g[3, 5] = (OBJECTS["key"], COLOURS["red"], 0)  # right ahead, but a key
+    assert where_is(g, "red", "ball") == "1 ahead 1 right" and where_is(g, "red", "key") == "1 ahead"
+    assert mission_target("go to a purple box") == ("purple", "box")
+    with pytest.raises(ValueError, match="no '<colour> <object>'"):
+        mission_target("go somewhere")
+
+    ds = BabyAIWhereDataset(data_dir=str(out))
+    assert len(ds) == sum(r.length + 1 for r in read_index(str(out)))
+    s = ds[len(ds) - 1]  # the last frame of an episode: the bot stopped facing its target
+    colour, kind = mission_target(read_index(str(out))[-1].instruction)
+    assert s.turns[0].text == f"where is the {colour} {kind}?" and s.turns[1].text == "1 ahead"
+    top = tmp_path / "top"
+    collect_demos("babyai-gotolocal", episodes=1, out=top, seed=11)  # full view: no egocentric grid
+    with pytest.raises(ValueError, match="no symbolic grids"):
+        BabyAIWhereDataset(data_dir=str(top))

@@ -21,6 +21,7 @@ from omniplug.data.collate import Collator
 from omniplug.data.conversation import Turn
 from omniplug.data.sample import Sample
 from omniplug.model import ShapeError
+from omniplug.schema import ConfigError
 from omniplug.registry import DECODERS
 from omniplug.types import DecoderInput, DecoderOutput
 from omniplug.weights import load_trainable, save_trainable
@@ -271,3 +272,33 @@ def test_collate_mixes_samples_with_and_without_images(box_model, monkeypatch):
     batch = Collator(box_model)(samples)
     assert batch.decoder_pixels["box"] == 3 and seen[0][2].getbbox() is None  # a black stand-in for row 2
     assert box_model(batch).loss.isfinite()
+
+
+def test_image_position_after_text_puts_the_instruction_first(tiny_dir, tmp_path):
+    """one_model.image_position: after_text -> the user's text, then its image tokens (they can attend to it)."""
+    path = tmp_path / "after.yaml"
+    path.write_text(_yaml(tiny_dir) + "  image_position: after_text\n")
+    after, before = build_model(path), build_model(_write(tmp_path, tiny_dir))
+    sample = _samples()[0]
+    ids_after = Collator(after)([sample]).input_ids[0].tolist()
+    ids_before = Collator(before)([sample]).input_ids[0].tolist()
+    image_id, n = after.image_token_id, after.num_image_tokens
+    text = after.tokenizer.encode("Where is the cat?", special=False)
+    first_image = ids_after.index(image_id)
+    assert ids_after.count(image_id) == ids_before.count(image_id) == n
+    assert _find(ids_after, text) < first_image < _find(ids_before, text)  # text before the image, and the reverse
+    assert sorted(ids_after) == sorted(ids_before)  # same tokens, another order
+    assert after(Collator(after)(_samples())).loss.isfinite()
+    with pytest.raises(ConfigError, match="image_position"):
+        path.write_text(_yaml(tiny_dir) + "  image_position: middle\n")
+        build_model(path)
+
+
+def _write(tmp_path, tiny_dir):
+    path = tmp_path / "before.yaml"
+    path.write_text(_yaml(tiny_dir))
+    return path
+
+
+def _find(seq: list[int], sub: list[int]) -> int:
+    return next(i for i in range(len(seq) - len(sub) + 1) if seq[i:i + len(sub)] == sub)

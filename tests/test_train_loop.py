@@ -125,3 +125,16 @@ def test_loss_falls_and_outputs_are_written(tiny_dir, tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     assert results["weights"].endswith("step_000025")
     assert results["results"]["phrase_val"]["loss"] == pytest.approx(epoch_eval[0]["loss"], rel=1e-5)
+
+
+def test_a_curriculum_trains_its_phases_in_order_and_resumes_across_them(tiny_dir, tmp_path):
+    # steps 1-3: text only (no decoder loss); then the scalar task only; a resumed run crosses the switch exactly
+    schedule = ["data.train={phrase: 0, phrase_tst: 1}", "data.schedule=[{until_step: 3, train: {phrase: 1}}]"]
+    full_out, cut_out = tmp_path / "full", tmp_path / "cut"
+    train(load_config(write_config(tiny_dir, tmp_path, out=full_out), schedule))
+    rows = _rows(full_out)
+    assert [bool(r.get("tst/mse")) for r in rows] == [False] * 3 + [True] * 5, rows
+    path = write_config(tiny_dir, tmp_path, out=cut_out)
+    train(load_config(path, [*schedule, "trainer.save_every=2"]), stop_after_steps=3)
+    train(load_config(path, [*schedule, "trainer.save_every=2", "trainer.resume_ckpt_path=auto"]))
+    assert _without_time(_rows(cut_out)) == _without_time(rows)

@@ -68,6 +68,30 @@ def test_ranks_split_the_single_process_stream():
     assert r0 != r1
 
 
+def test_single_mixture_stream_is_unchanged_by_the_curriculum_code():
+    # pinned: the draws a plain mixture made before curricula existed (numpy Generator.choice with p)
+    probs = np.array([9, 3, 3, 1]) / 16
+    old = np.random.default_rng([3, 0, 0]).choice(4, size=2000, p=probs)
+    assert MixtureStream(sizes=[50, 20, 30, 7], ratios=[9, 3, 3, 1], seed=3).choices(0)[:2000].tolist() == old.tolist()
+
+
+def test_curriculum_phases_switch_mixtures_at_their_positions_and_resume_exactly():
+    # captions only for 1,000 draws, then captions + masks 1:1 until 30,000, then masks only
+    stream = MixtureStream(sizes=[40, 25], ratios=[0, 1], seed=7, phases=[(1000, [1, 0]), (30000, [1, 1])])
+    draws = list(_take(stream.iterate(0), 33000))
+    datasets = np.array([d for d, _ in draws])
+    assert set(datasets[:1000]) == {0}
+    assert abs(datasets[1000:30000].mean() - 0.5) < 0.02  # crosses the 16,384-draw block boundary
+    assert set(datasets[30000:]) == {1}
+    assert sorted(i for d, i in draws[:40]) == list(range(40))  # items still cycle through their permutation
+    for start in (999, 1000, 16383, 16385, 29999):
+        assert list(_take(stream.iterate(start), 40)) == draws[start:start + 40]
+    with pytest.raises(ValueError, match="increase"):
+        MixtureStream(sizes=[3, 3], ratios=[1, 1], seed=0, phases=[(10, [1, 0]), (10, [0, 1])])
+    with pytest.raises(ValueError, match="ratios"):
+        MixtureStream(sizes=[3, 3], ratios=[1, 1], seed=0, phases=[(10, [0, 0])])
+
+
 def test_bad_ratios_are_refused():
     with pytest.raises(ValueError, match="ratios"):
         MixtureStream(sizes=[3, 3], ratios=[0, 0], seed=0)

@@ -6,9 +6,10 @@ error in environment units and as a fraction of the action range) next to the cl
 `omniplug eval --env` (read from the run's eval/metrics.json).
 
     python bench/actions/adapter_compare.py --out bench/actions/adapters.json \
-        babyai:configs/babyai/gotolocal.yaml:act_tokens:output/babyai_gotolocal \
-        babyai:configs/babyai/gotolocal.yaml:act_words:output/babyai_words \
-        reacher:configs/reacher/reacher.yaml:act_bins:output/reacher_act_bins ...
+        babyai:output/babyai_gotolocal babyai:output/babyai_words reacher:output/reacher_act_bins ...
+
+Each run is read back with the config its training saved (``RUN/config.yaml``: adapter, demos,
+frame history and every override), its weights from ``RUN``.
 """
 
 from __future__ import annotations
@@ -25,18 +26,19 @@ from omniplug.actions.episodes import read_episode, read_index
 from omniplug.build import build_model
 from omniplug.config import load_config
 from omniplug.envs.base import Observation
-from omniplug.envs.rollout import ModelPolicy
+from omniplug.envs.rollout import ModelPolicy, demo_history
 
 
-def open_loop(model, demos: Path, *, val_episodes: int, limit: int) -> dict[str, float]:
+def open_loop(model, demos: Path, *, val_episodes: int, limit: int, history: int = 1) -> dict[str, float]:
     """Expert frames of the last ``val_episodes`` episodes (the demos reader's val split) -> first action."""
     records = read_index(demos)[-val_episodes:]
-    policy = ModelPolicy(model)
+    policy = ModelPolicy(model, history=history)
     obs, expert = [], []
     for record in records:
         episode = read_episode(demos, record)
         for t in range(len(episode.actions)):
-            obs.append(Observation(image=episode.frames[t], instruction=episode.instruction))
+            earlier = tuple(episode.frames[max(t - history + 1, 0):t])
+            obs.append(Observation(image=episode.frames[t], instruction=episode.instruction, history=earlier))
             expert.append(episode.actions[t])
     obs, expert = obs[:limit], expert[:limit]
     predicted = []
@@ -60,7 +62,7 @@ def open_loop(model, demos: Path, *, val_episodes: int, limit: int) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="group:config:decoder:run_dir")
+    parser.add_argument("runs", nargs="+", help="group:run_dir (the run's saved config.yaml is used)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--limit", type=int, default=1000, help="validation steps per run")
     parser.add_argument("--threads", type=int, default=1)
@@ -68,14 +70,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = []
     for spec in args.runs:
-        group, config, decoder, run = spec.split(":")
-        cfg = load_config(config, [f"one_model.decoder={decoder}", f"one_model.weights={run}"])
+        group, run = spec.split(":")
+        cfg = load_config(Path(run) / "config.yaml", [f"one_model.weights={run}"])
         model = build_model(cfg).eval()
         entry = cfg.entry("dataset", cfg.data.eval[0], where="adapter_compare")
         start = time.perf_counter()
-        row = {"group": group, "decoder": decoder, "run": run,
+        row = {"group": group, "decoder": cfg.one_model.decoder, "run": run, "history": demo_history(cfg),
                **open_loop(model, Path(entry.params["data_dir"]), val_episodes=int(entry.params["val_episodes"]),
-                           limit=args.limit)}
+                           limit=args.limit, history=demo_history(cfg))}
         row["open_loop_seconds"] = round(time.perf_counter() - start, 1)
         closed = Path(run) / "eval" / "metrics.json"
         if closed.is_file():

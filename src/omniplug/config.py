@@ -77,6 +77,9 @@ class OneModelConfig:
     decoder: str | None = None  # a single decoder ...
     decoders: dict[str, str] | None = None  # ... or task -> entry, e.g. {seg: sam_h, gen: sd15}
     conv_type: str = "llava_v1"
+    # where a user turn's images go: LLaVA's "before_text", or "after_text" (the image tokens can then attend to
+    # the instruction in a causal LLM: instruction-conditioned vision, what BabyAI's FiLM agents rely on)
+    image_position: Literal["before_text", "after_text"] = "before_text"
     train_mode: Literal[0, 1, 2] = 1  # 0 pretrain in_projector; 1 decoders+out projectors(+LoRA); 2 full
     ce_loss_weight: float = 1.0
     decoder_loss_weights: dict[str, float] = field(default_factory=dict)  # task -> weight (default 1)
@@ -125,6 +128,9 @@ class DataConfig:
     train: dict[str, float] = field(default_factory=dict)
     eval: list[str] = field(default_factory=list)
     max_length: int = 512
+    # a curriculum: phases [{until_step: N, train: {entry: ratio}}, ...] in increasing until_step; a phase's
+    # mixture draws the samples of optimizer steps [previous until_step, until_step); `train` applies after the last
+    schedule: list[dict[str, Any]] = field(default_factory=list)
     # procedural-world evaluation for `omniplug eval` without --data: {root, n, seed, holdout_seed, samples};
     # `root`/val and `root`/holdout are generated on first use (seeds never used for training)
     world_eval: dict[str, Any] | None = None
@@ -359,6 +365,29 @@ def _check_references(config: Config) -> None:
         config.out_projector_entry(task)
     for name in (*config.data.train, *config.data.eval):
         config.entry("dataset", name, where="data")
+    _check_schedule(config)
+
+
+def _check_schedule(config: Config) -> None:
+    """``data.schedule``: a list of ``{until_step: int, train: {entry: ratio}}`` in increasing ``until_step``."""
+    previous = 0
+    for i, phase in enumerate(config.data.schedule):
+        where = f"data.schedule[{i}]"
+        if not isinstance(phase, dict) or set(phase) != {"until_step", "train"}:
+            raise ConfigError(f"{where} must be {{until_step: N, train: {{entry: ratio, ...}}}}, got {phase!r}")
+        until, mixture = phase["until_step"], phase["train"]
+        if not isinstance(until, int) or isinstance(until, bool) or until <= previous:
+            raise ConfigError(f"{where}.until_step must be an integer > {previous} (phases in increasing order), "
+                              f"got {until!r}")
+        if not isinstance(mixture, dict) or not mixture:
+            raise ConfigError(f"{where}.train must map dataset entries to ratios, got {mixture!r}")
+        for name, ratio in mixture.items():
+            config.entry("dataset", name, where=f"{where}.train")
+            if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio < 0:
+                raise ConfigError(f"{where}.train.{name}: ratio must be a number >= 0, got {ratio!r}")
+        if sum(mixture.values()) <= 0:
+            raise ConfigError(f"{where}.train: ratios must have a positive sum")
+        previous = until
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

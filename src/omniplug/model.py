@@ -18,7 +18,7 @@ been fed back; an LLM that does not return them gets one teacher-forced pass ove
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +44,8 @@ class OneModel(nn.Module):
     def __init__(self, *, tokenizer: Tokenizer, llm: LanguageModel, encoder: Encoder | None,
                  in_projector: nn.Module | None, decoders: dict[str, Decoder], out_projectors: dict[str, nn.Module],
                  conv_type: str, image_token: str, ce_loss_weight: float = 1.0,
-                 decoder_loss_weights: dict[str, float] | None = None) -> None:
+                 decoder_loss_weights: dict[str, float] | None = None,
+                 image_position: Literal["before_text", "after_text"] = "before_text") -> None:
         super().__init__()
         if (encoder is None) != (in_projector is None):
             raise ValueError("encoder and in_projector go together")
@@ -56,6 +57,9 @@ class OneModel(nn.Module):
         self.out_projectors = nn.ModuleDict(out_projectors)
         self.conv_type = conv_type
         self.image_token = image_token
+        if image_position not in ("before_text", "after_text"):
+            raise ValueError(f"image_position must be 'before_text' or 'after_text', got {image_position!r}")
+        self.image_position = image_position
         self.image_token_id = tokenizer.token_id(image_token)
         self.ce_loss_weight = ce_loss_weight
         self.decoder_loss_weights = dict(decoder_loss_weights or {})

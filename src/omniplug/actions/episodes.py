@@ -15,6 +15,8 @@
                          frames  uint8 (T+1, H, W, 3): the observation before each action, then the last one
                          actions int64 (T,) for discrete, float32 (T, D) for continuous (environment units)
                          rewards float32 (T,)
+                         grids   uint8 (T+1, ...), optional: the environment's symbolic view of each frame
+                                 (BabyAI's agent view: minigrid's (7, 7, 3) encoding), for grounding data
 
 No pickle anywhere: ``.npz`` files are read with ``allow_pickle=False``; everything else is JSON.
 """
@@ -45,12 +47,15 @@ class Episode:
     instruction: str
     seed: int
     success: bool
+    grids: np.ndarray | None = None  # (T+1, ...) uint8: the symbolic view of each frame, when the env has one
 
     def __post_init__(self) -> None:
         t = len(self.actions)
         if len(self.rewards) != t or len(self.frames) != t + 1:
             raise ValueError(f"an episode of {t} actions needs {t} rewards and {t + 1} frames, got "
                              f"{len(self.rewards)} and {len(self.frames)}")
+        if self.grids is not None and len(self.grids) != t + 1:
+            raise ValueError(f"an episode of {t} actions needs {t + 1} grids, got {len(self.grids)}")
 
     @property
     def length(self) -> int:
@@ -99,7 +104,10 @@ class EpisodeWriter:
         rel = f"episodes/{len(self.records):06d}.npz"
         actions = ep.actions.astype(np.int64 if self.space.is_discrete else np.float32)
         tmp = self.out / (rel + ".tmp.npz")
-        np.savez_compressed(tmp, frames=ep.frames.astype(np.uint8), actions=actions, rewards=ep.rewards.astype(np.float32))
+        arrays = {"frames": ep.frames.astype(np.uint8), "actions": actions, "rewards": ep.rewards.astype(np.float32)}
+        if ep.grids is not None:
+            arrays["grids"] = ep.grids.astype(np.uint8)
+        np.savez_compressed(tmp, **arrays)
         os.replace(tmp, self.out / rel)
         rec = EpisodeRecord(file=rel, seed=ep.seed, instruction=ep.instruction, length=ep.length,
                             total_return=ep.total_return, success=ep.success)
@@ -147,7 +155,7 @@ def read_index(directory: str | Path) -> list[EpisodeRecord]:
 def read_episode(directory: str | Path, record: EpisodeRecord) -> Episode:
     with np.load(Path(directory).expanduser() / record.file, allow_pickle=False) as z:
         return Episode(frames=z["frames"], actions=z["actions"], rewards=z["rewards"], instruction=record.instruction,
-                       seed=record.seed, success=record.success)
+                       seed=record.seed, success=record.success, grids=z["grids"] if "grids" in z.files else None)
 
 
 def read_actions(directory: str | Path) -> list[np.ndarray]:

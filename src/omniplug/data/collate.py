@@ -23,6 +23,7 @@ class Collator:
         self.encoder = model.encoder
         self.decoders = dict(model.decoders.items())
         self.conv_type = model.conv_type
+        self.image_position = getattr(model, "image_position", "before_text")
         self.image_token = model.image_token
         self.tokens_per_image = model.num_image_tokens
         self.max_length = max_length
@@ -37,7 +38,8 @@ class Collator:
             turns = s.turns[:-1] if self.for_generation and s.turns and s.turns[-1].role == "assistant" else s.turns
             turns = self._write_answer_text(turns, s)
             enc = encode_chat(self.tokenizer, turns, conv_type=self.conv_type, image_token=self.image_token,
-                              image_tokens_per_image=self.tokens_per_image, add_generation_prompt=self.for_generation)
+                              image_tokens_per_image=self.tokens_per_image, add_generation_prompt=self.for_generation,
+                              image_position=self.image_position)
             if enc.num_images != len(s.images):
                 raise ValueError(f"sample {s.meta.get('id', '?')}: the conversation places {enc.num_images} image(s) "
                                  f"but {len(s.images)} were given")

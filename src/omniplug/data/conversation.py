@@ -21,7 +21,7 @@ IMAGE_PLACEHOLDER = "<image>"
 class Turn:
     role: Literal["user", "assistant"]
     text: str
-    images: int = 0  # images placed before the user's text
+    images: int = 0  # images of this user turn, placed before its text (or after: encode_chat's image_position)
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,16 @@ class EncodedChat:
 
 def encode_chat(tokenizer: Tokenizer, turns: list[Turn], *, conv_type: str, image_token: str,
                 image_tokens_per_image: int, add_generation_prompt: bool = False,
-                trusted_assistant: bool = True) -> EncodedChat:
+                trusted_assistant: bool = True,
+                image_position: Literal["before_text", "after_text"] = "before_text") -> EncodedChat:
     """Tokenize a conversation. With ``add_generation_prompt`` the result ends where the
-    assistant's next answer starts (for inference)."""
+    assistant's next answer starts (for inference).
+
+    ``image_position``: LLaVA puts a turn's images before its text; ``after_text`` puts the text
+    first, so that in a causal LLM every image token can attend to the instruction (the image is
+    read *for* the instruction, as FiLM conditioning does in BabyAI's agents)."""
+    if image_position not in ("before_text", "after_text"):
+        raise ValueError(f"image_position must be 'before_text' or 'after_text', got {image_position!r}")
     template = get_template(conv_type)
     ids: list[int] = []
     labels: list[int] = []
@@ -83,12 +90,17 @@ def encode_chat(tokenizer: Tokenizer, turns: list[Turn], *, conv_type: str, imag
     for turn in turns:
         if turn.role == "user":
             add(tokenizer.encode(template.user_prefix, special=True), train=False)
+            if image_position == "after_text":
+                add(tokenizer.encode(turn.text, special=False), train=False)
             for _ in range(turn.images):
+                if image_position == "after_text" and template.image_sep:
+                    add(tokenizer.encode(template.image_sep, special=False), train=False)
                 add([image_id] * image_tokens_per_image, train=False)
-                if template.image_sep:
+                if image_position == "before_text" and template.image_sep:
                     add(tokenizer.encode(template.image_sep, special=False), train=False)
                 n_images += 1
-            add(tokenizer.encode(turn.text, special=False), train=False)
+            if image_position == "before_text":
+                add(tokenizer.encode(turn.text, special=False), train=False)
             if template.user_suffix:
                 add(tokenizer.encode(template.user_suffix, special=True), train=False)
         else:

@@ -7,6 +7,11 @@ its instruction in the user turn, the answer ``<act>``, and the target an
 adapter: the same demonstrations train words, new tokens, bins, residual VQ or regression.
 
 Episodes are split by position in the index: ``val_episodes`` at the end are ``split: val``.
+
+``history: k`` shows the policy its last ``k`` frames (oldest first, the first frame repeated
+before the episode start) as ``k`` images of the user turn: velocity for continuous control,
+memory for partial views. Evaluation reads ``history`` from the same dataset entry, so the
+policy is rolled out with the observations it was trained on.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class DemoDataset(Dataset):
     def __init__(self, *, data_dir: str, split: Literal["train", "val", "all"] = "all", val_episodes: int = 0,
                  max_episodes: int | None = None, success_only: bool = True, prompt: str = DEFAULT_PROMPT,
                  trigger: str = "<act>", task: str = "act", max_future: int = 16, stride: int = 1,
-                 image_size: int | None = None) -> None:
+                 image_size: int | None = None, history: int = 1) -> None:
         meta = read_meta(data_dir)
         self.space = ActionSpace.from_json(meta["action_space"])
         records = read_index(data_dir)
@@ -41,10 +46,12 @@ class DemoDataset(Dataset):
             records = [r for r in records if r.success]
         if max_episodes is not None:
             records = records[:max_episodes]
+        if history < 1:
+            raise ValueError(f"history must be >= 1 (frames per observation), got {history}")
         if "{instruction}" not in prompt:
             raise ValueError(f"prompt {prompt!r} must contain '{{instruction}}'")
         self.data_dir, self.prompt, self.trigger, self.task = data_dir, prompt, trigger, task
-        self.max_future, self.image_size = max_future, image_size
+        self.max_future, self.image_size, self.history = max_future, image_size, history
         self.env = meta.get("env", "")
         self.episodes = [read_episode(data_dir, r) for r in records]
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(0, ep.length, stride)]
@@ -55,12 +62,16 @@ class DemoDataset(Dataset):
     def __getitem__(self, i: int) -> Sample:
         e, t = self.index[i]
         ep = self.episodes[e]
-        image = Image.fromarray(ep.frames[t])
-        if self.image_size is not None and image.size != (self.image_size, self.image_size):
-            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+        images = [self._image(ep.frames[max(t - j, 0)]) for j in range(self.history - 1, -1, -1)]
         target = ActionTarget(future=np.asarray(ep.actions[t: t + self.max_future]),
                               meta={"episode": e, "step": t, "seed": ep.seed})
-        return Sample(turns=[Turn(role="user", text=self.prompt.format(instruction=ep.instruction), images=1),
+        return Sample(turns=[Turn(role="user", text=self.prompt.format(instruction=ep.instruction), images=self.history),
                              Turn(role="assistant", text=self.trigger)],
-                      images=[image], targets={self.task: [target]},
+                      images=images, targets={self.task: [target]},
                       meta={"id": f"{self.env}/{ep.seed}/{t}", "dataset": "demos"})
+
+    def _image(self, frame: np.ndarray) -> Image.Image:
+        image = Image.fromarray(frame)
+        if self.image_size is not None and image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+        return image

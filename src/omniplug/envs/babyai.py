@@ -6,7 +6,9 @@ left, right, forward, pick up, drop, toggle, done.
 
 ``view: full`` (default) renders the whole room from above (``tile_size`` px per cell: 64x64 for
 an 8x8 room at 8 px), which makes a single frame enough to act on; ``view: agent`` renders the
-agent's 7x7 egocentric view (56x56 at 8 px). A success is BabyAI's own: a positive reward.
+agent's 7x7 egocentric view (56x56 at 8 px) and, as ``Observation.grid``, minigrid's symbolic
+encoding of the same view ((7, 7, 3): object, colour, state; ``grid[x, y]``, the agent at
+``(3, 6)`` facing ``y = 0``). A success is BabyAI's own: a positive reward.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ class BabyAIEnv(Environment):
         return int(self._env.unwrapped.max_steps)
 
     def _observe(self) -> Observation:
-        frame = self._env.unwrapped.get_frame(highlight=False, tile_size=self.tile_size, agent_pov=self.view == "agent")
-        return Observation(image=np.ascontiguousarray(frame, dtype=np.uint8), instruction=self._mission)
+        env = self._env.unwrapped
+        frame = env.get_frame(highlight=False, tile_size=self.tile_size, agent_pov=self.view == "agent")
+        grid = np.asarray(env.gen_obs()["image"], dtype=np.uint8) if self.view == "agent" else None
+        return Observation(image=np.ascontiguousarray(frame, dtype=np.uint8), instruction=self._mission, grid=grid)
 
     def reset(self, seed: int) -> Observation:
         obs, _ = self._env.reset(seed=int(seed))

@@ -30,6 +30,11 @@ ENVS: Registry = Registry("environment")
 class Observation:
     image: np.ndarray  # (H, W, 3) uint8
     instruction: str
+    # earlier frames of the episode, oldest first (the rollout fills in as many as the policy's `history` asks)
+    history: tuple[np.ndarray, ...] = ()
+    # the environment's symbolic view of the same frame, when it has one (BabyAI's agent view: minigrid's
+    # (7, 7, 3) object/colour/state encoding); stored with demonstrations for auxiliary grounding data
+    grid: np.ndarray | None = None
 
 
 @dataclass

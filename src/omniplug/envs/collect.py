@@ -50,16 +50,18 @@ def collect_demos(env_name: str, *, episodes: int, out: str | Path, seed: int = 
 
 def run_expert_episode(env, *, seed: int) -> Episode:
     obs = env.reset(seed)
-    frames, actions, rewards = [obs.image], [], []
+    frames, actions, rewards, grids = [obs.image], [], [], [obs.grid]
     success = False
     for _ in range(env.max_steps):
         action = env.expert_action()
         step = env.step(action)
         frames.append(step.observation.image)
+        grids.append(step.observation.grid)
         actions.append(action)
         rewards.append(step.reward)
         if step.done:
             success = step.success
             break
     return Episode(frames=np.stack(frames), actions=np.asarray(actions), rewards=np.asarray(rewards, dtype=np.float32),
-                   instruction=obs.instruction, seed=seed, success=success)
+                   instruction=obs.instruction, seed=seed, success=success,
+                   grids=np.stack(grids) if all(g is not None for g in grids) else None)

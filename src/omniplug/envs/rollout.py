@@ -78,17 +78,21 @@ class ModelPolicy:
     """A ``OneModel`` with an action decoder as a policy: one ``generate`` call per batch of
     observations, the answer forced to start with the decoder's trigger (``<act>``)."""
 
-    def __init__(self, model, *, task: str = "act", prompt: str = DEFAULT_PROMPT, max_length: int = 512) -> None:
+    def __init__(self, model, *, task: str = "act", prompt: str = DEFAULT_PROMPT, max_length: int = 512,
+                 history: int = 1) -> None:
         if task not in model.decoders:
             raise ValueError(f"the model has no decoder for task {task!r}; it has {sorted(model.decoders)}")
-        self.model, self.task, self.prompt = model, task, prompt
+        if history < 1:
+            raise ValueError(f"history must be >= 1 (frames per observation), got {history}")
+        self.model, self.task, self.prompt, self.history = model, task, prompt, history
         self.decoder = model.decoders[task]
         self.collator = Collator(model, max_length=max_length, for_generation=True)
 
     @torch.no_grad()
     def act(self, observations: list[Observation]) -> list[np.ndarray | None]:
-        samples = [Sample(turns=[Turn(role="user", text=self.prompt.format(instruction=o.instruction), images=1)],
-                          images=[Image.fromarray(o.image)]) for o in observations]
+        samples = [Sample(turns=[Turn(role="user", text=self.prompt.format(instruction=o.instruction),
+                                      images=self.history)],
+                          images=[Image.fromarray(f) for f in self.frames(o)]) for o in observations]
         device = next(self.model.parameters()).device
         batch = self.collator(samples).to(device)
         was_training = self.model.training
@@ -99,6 +103,13 @@ class ModelPolicy:
         finally:
             self.model.train(was_training)
         return [items[0] if items else None for items in gen.decoder_outputs.get(self.task, [[]] * len(samples))]
+
+    def frames(self, o: Observation) -> list[np.ndarray]:
+        """The last ``history`` frames, oldest first; the oldest known one repeats before the episode start
+        (as the demos reader does)."""
+        earlier = list(o.history[-(self.history - 1):]) if self.history > 1 else []
+        earlier = [(earlier or [o.image])[0]] * (self.history - 1 - len(earlier)) + earlier
+        return [*earlier, o.image]
 
 
 def evaluate(policy: Policy | str, env_name: str, *, episodes: int, seed: int = 100_000, num_envs: int = 8,
@@ -115,6 +126,7 @@ def evaluate(policy: Policy | str, env_name: str, *, episodes: int, seed: int = 
     frames: dict[int, list[np.ndarray]] = {}
     gif_seeds = set(range(seed, seed + gif_episodes)) if gif else set()
     calls = invalid = 0
+    keep = max(int(getattr(policy, "history", 1)) - 1, 0)  # earlier frames the policy looks at
     start = time.perf_counter()
 
     def start_episode(i: int) -> None:
@@ -123,7 +135,7 @@ def evaluate(policy: Policy | str, env_name: str, *, episodes: int, seed: int = 
             return
         s = pending.popleft()
         obs[i] = envs[i].reset(s)
-        slots[i] = {"seed": s, "ret": 0.0, "len": 0, "queue": deque()}
+        slots[i] = {"seed": s, "ret": 0.0, "len": 0, "queue": deque(), "earlier": deque(maxlen=keep)}
         if s in gif_seeds:
             frames[s] = [obs[i].image]
 
@@ -149,8 +161,13 @@ def evaluate(policy: Policy | str, env_name: str, *, episodes: int, seed: int = 
             for i, slot in enumerate(slots):
                 if slot is None:
                     continue
+                if keep:
+                    slot["earlier"].append(obs[i].image)
                 step = envs[i].step(slot["queue"].popleft())
                 obs[i] = step.observation
+                if keep:
+                    obs[i] = Observation(image=obs[i].image, instruction=obs[i].instruction,
+                                         history=tuple(slot["earlier"]))
                 slot["ret"] += step.reward
                 slot["len"] += 1
                 if slot["seed"] in frames:
@@ -208,8 +225,21 @@ def evaluate_config(config, overrides: list[str] | tuple[str, ...] = (), *, env:
     write ``rollouts.gif`` into ``out_dir``: what ``omniplug eval`` on an environment calls."""
     from omniplug.build import build_model
 
-    model = build_model(config, overrides)
+    from omniplug.config import Config, load_config
+
+    config = config if isinstance(config, Config) else load_config(config, list(overrides))
+    model = build_model(config)
     model.eval()
-    policy = ModelPolicy(model, task=task)
+    policy = ModelPolicy(model, task=task, history=demo_history(config))
     return evaluate(policy, env, episodes=episodes, seed=seed, num_envs=num_envs, execute=execute,
                     env_options=env_options, gif=Path(out_dir) / "rollouts.gif")
+
+
+def demo_history(config) -> int:
+    """The ``history`` (frames per observation) of the config's training demos, so that a policy is rolled
+    out with the observations it was trained on; 1 when no ``demos`` dataset trains."""
+    values = {int(config.catalogues["dataset"][name].params.get("history", 1))
+              for name in config.data.train if config.catalogues["dataset"][name].type == "demos"}
+    if len(values) > 1:
+        raise ValueError(f"the training demos disagree on history ({sorted(values)}); one policy sees one history")
+    return values.pop() if values else 1

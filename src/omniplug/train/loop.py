@@ -77,9 +77,12 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
     set_seed(tc.seed)
     model = build_model(config)
     model.train()
-    names = list(config.data.train)
+    names = list(dict.fromkeys([*config.data.train, *(n for ph in config.data.schedule for n in ph["train"])]))
     datasets = [build_dataset(config, name, splits=tc.train_splits) for name in names]
-    stream = MixtureStream(sizes=[len(d) for d in datasets], ratios=[config.data.train[n] for n in names], seed=tc.seed)
+    draws_per_step = tc.batch_size_train * world * tc.grad_accum_steps
+    phases = [(ph["until_step"] * draws_per_step, [ph["train"].get(n, 0) for n in names]) for ph in config.data.schedule]
+    stream = MixtureStream(sizes=[len(d) for d in datasets], ratios=[config.data.train.get(n, 0) for n in names],
+                           seed=tc.seed, phases=phases)
     eval_sets = {name: build_dataset(config, name) for name in config.data.eval}
     collator = Collator(model, max_length=config.data.max_length)
     optimizer = make_optimizer(model, weight_decay=tc.weight_decay, lr=tc.init_lr)
@@ -107,7 +110,6 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
     raw_model = accelerator.unwrap_model(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    draws_per_step = tc.batch_size_train * world * tc.grad_accum_steps
     loader = DataLoader(MixedDataset(datasets),
                         batch_sampler=RankBatches(stream, start=state.position, batch_size=tc.batch_size_train,
                                                   rank=rank, world_size=world),

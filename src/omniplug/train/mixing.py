@@ -7,6 +7,10 @@ Draw number ``p`` (0, 1, 2, ...) is a pure function of ``(seed, p)``:
 2. the item is the next one of a seeded permutation of that dataset (a new permutation each
    pass), so every item is seen once per pass over its dataset.
 
+A curriculum (``data.schedule``) gives earlier draw positions other ratios: ``phases`` is a list of
+``(end_position, ratios)``; draws before the first ``end_position`` use the first ratios, and so on,
+and ``ratios`` apply after the last phase. The choice stays a pure function of ``(seed, position)``.
+
 Because the stream depends only on the seed and the position, the trainer's data state is one
 integer, ``position`` (draws consumed); a resumed run continues the stream exactly, whatever the
 number of processes. Ranks share the stream: global micro-batch ``k`` is the ``world * batch``
@@ -25,16 +29,22 @@ _BLOCK = 1 << 14  # dataset choices are generated in blocks of this many draws
 
 
 class MixtureStream:
-    def __init__(self, *, sizes: list[int], ratios: list[float], seed: int) -> None:
+    def __init__(self, *, sizes: list[int], ratios: list[float], seed: int,
+                 phases: list[tuple[int, list[float]]] = ()) -> None:
         if not sizes or len(sizes) != len(ratios):
             raise ValueError("MixtureStream needs one ratio per dataset and at least one dataset")
+        for _, phase_ratios in phases:
+            if len(phase_ratios) != len(sizes):
+                raise ValueError("every curriculum phase needs one ratio per dataset")
+        ends = [end for end, _ in phases]
+        if any(b <= a for a, b in zip([0, *ends], ends)):
+            raise ValueError(f"curriculum phase ends must increase from > 0; got {ends}")
         if any(n < 1 for n in sizes):
             raise ValueError(f"every training dataset needs at least one item; sizes: {sizes}")
-        if any(r < 0 for r in ratios) or sum(ratios) <= 0:
-            raise ValueError(f"data.train ratios must be >= 0 with a positive sum; got {ratios}")
         self.sizes = list(sizes)
-        self.probs = np.asarray(ratios, dtype=np.float64) / float(sum(ratios))
         self.seed = int(seed)
+        # (end position, cumulative distribution) per phase; the last one never ends
+        self._cdfs = [(end, _cdf(r)) for end, r in phases] + [(None, _cdf(ratios))]
         self._blocks: dict[int, np.ndarray] = {}
         self._perms: dict[int, tuple[int, np.ndarray]] = {}
 
@@ -43,8 +53,15 @@ class MixtureStream:
         if block not in self._blocks:
             if len(self._blocks) > 4:
                 self._blocks.clear()
-            rng = np.random.default_rng([self.seed, 0, block])
-            self._blocks[block] = rng.choice(len(self.sizes), size=_BLOCK, p=self.probs).astype(np.int32)
+            uniform = np.random.default_rng([self.seed, 0, block]).random(_BLOCK)
+            positions = block * _BLOCK + np.arange(_BLOCK)
+            out = np.empty(_BLOCK, dtype=np.int32)
+            begin = 0
+            for end, cdf in self._cdfs:  # each draw's dataset: inverse CDF of its phase's mixture
+                sel = positions >= begin if end is None else (positions >= begin) & (positions < end)
+                out[sel] = cdf.searchsorted(uniform[sel], side="right")
+                begin = end if end is not None else begin
+            self._blocks[block] = out
         return self._blocks[block]
 
     def counts_before(self, position: int) -> np.ndarray:
@@ -78,6 +95,13 @@ class MixtureStream:
             yield d, self.item(d, int(counts[d]))
             counts[d] += 1
             position += 1
+
+
+def _cdf(ratios: list[float]) -> np.ndarray:
+    if any(r < 0 for r in ratios) or sum(ratios) <= 0:
+        raise ValueError(f"data.train ratios must be >= 0 with a positive sum; got {ratios}")
+    cdf = np.cumsum(np.asarray(ratios, dtype=np.float64))
+    return cdf / cdf[-1]
 
 
 class RankBatches(Sampler):
