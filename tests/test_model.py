@@ -302,3 +302,19 @@ def _write(tmp_path, tiny_dir):
 
 def _find(seq: list[int], sub: list[int]) -> int:
     return next(i for i in range(len(seq) - len(sub) + 1) if seq[i:i + len(sub)] == sub)
+
+
+def test_projector_output_norm_puts_image_tokens_at_the_word_embedding_scale():
+    """mlp output_norm: G -> every projected token has norm ~G*sqrt(d) (a from-scratch LLM's words: 0.02*sqrt(d)),
+    whatever the scale of the encoder's features; LLaVA's parameter names are unchanged."""
+    from omniplug.projectors.mlp import MLPProjector
+
+    plain = MLPProjector(in_features=32, out_features=64)
+    normed = MLPProjector(in_features=32, out_features=64, output_norm=0.02)
+    normed.layers.load_state_dict(plain.layers.state_dict())
+    x = torch.randn(2, 10, 32) * 50  # large encoder features
+    assert plain(x).norm(dim=-1).mean() > 10
+    assert torch.allclose(normed(x).norm(dim=-1), torch.full((2, 10), 0.02 * 64 ** 0.5), rtol=1e-3)
+    assert {k for k in normed.state_dict() if k.startswith("layers.")} == set(f"layers.{k}" for k in plain.layers.state_dict())
+    with pytest.raises(ValueError, match="output_norm"):
+        MLPProjector(in_features=32, out_features=64, output_norm=0.0)

@@ -5,7 +5,7 @@ One request::
     omniplug infer -c CONFIG --image PATH --prompt TEXT [--out DIR] [--json]
 
 A batch (``--batch FILE.jsonl --out DIR [--batch-size N]``): one JSON object per line, e.g.
-``{"image": "scene.png", "prompt": "Segment the red circle.", "options": {"max_new_tokens": 32}}``
+``{"image": "scene.png", "prompt": "Please segment the red circle.", "options": {"max_new_tokens": 32}}``
 (``image`` or ``images``: paths relative to the JSONL file's folder; ``history``; ``options``: see
 ``omniplug.infer.pipeline.Options``; ``id``: a name for the output folder). Every line is checked
 before the model is built; a bad one is reported with its line number. Each request gets a folder

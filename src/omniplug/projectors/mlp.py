@@ -1,6 +1,14 @@
 """Projector ``mlp``: Linear -> act -> Linear ... (LLaVA-1.5's ``mlp2x_gelu``; LISA's out
 projector is ``depth: 2, activation: relu``). Parameter names follow LLaVA's Sequential
-(``0.weight``, ``2.weight``) so LLaVA projector files load as they are."""
+(``0.weight``, ``2.weight``) so LLaVA projector files load as they are.
+
+``output_norm: G`` ends the projector with a LayerNorm whose gain starts at ``G``: image tokens then
+enter the LLM at the scale of its word embeddings. For an LLM trained from scratch this matters: its
+embeddings start at ``initializer_range`` (0.02 per element, norm ~0.2) while an unnormalised
+projector's tokens grow past norm 100 within a thousand steps, and the instruction's words drown
+in the residual stream (a BabyAI policy trained so ignores its mission entirely). Pretrained LLMs
+with a LLaVA projector leave it unset.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ _ACTS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 class MLPProjector(Projector):
     def __init__(self, *, in_features: int, out_features: int, hidden_features: int | None = None, depth: int = 2,
                  activation: Literal["gelu", "relu", "silu"] = "gelu", dropout: float = 0.0,
-                 freeze: bool = False, ckpt_path: str | None = None) -> None:
+                 output_norm: float | None = None, freeze: bool = False, ckpt_path: str | None = None) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"projector mlp: depth must be >= 1, got {depth}")
@@ -32,9 +40,16 @@ class MLPProjector(Projector):
         if dropout:
             layers.append(nn.Dropout(dropout))
         self.layers = nn.Sequential(*layers)
+        self.norm: nn.LayerNorm | None = None
+        if output_norm is not None:
+            if output_norm <= 0:
+                raise ValueError(f"projector mlp: output_norm (the initial LayerNorm gain) must be > 0, got {output_norm}")
+            self.norm = nn.LayerNorm(out_features)
+            nn.init.constant_(self.norm.weight, output_norm)
         if ckpt_path:
             state = read_state_dict(ckpt_path, what="projector mlp")
             load_into(self.layers, state, prefix_marker="mm_projector.", what="projector mlp", source=ckpt_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+        x = self.layers(x)
+        return self.norm(x) if self.norm is not None else x
