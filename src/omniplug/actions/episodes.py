@@ -152,6 +152,15 @@ def read_index(directory: str | Path) -> list[EpisodeRecord]:
     return [EpisodeRecord.from_json(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def split_records(records: list[EpisodeRecord], split: str, val_episodes: int) -> list[EpisodeRecord]:
+    """The readers' split: the last ``val_episodes`` episodes are ``val``, the rest ``train``; ``all`` keeps all."""
+    if split == "train":
+        return records[: len(records) - val_episodes]
+    if split == "val":
+        return records[len(records) - val_episodes:] if val_episodes else []
+    return records
+
+
 def read_episode(directory: str | Path, record: EpisodeRecord) -> Episode:
     with np.load(Path(directory).expanduser() / record.file, allow_pickle=False) as z:
         return Episode(frames=z["frames"], actions=z["actions"], rewards=z["rewards"], instruction=record.instruction,

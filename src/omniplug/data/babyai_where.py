@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from omniplug.actions.episodes import read_episode, read_index
+from omniplug.actions.episodes import read_episode, read_index, split_records
 from omniplug.data.conversation import Turn
 from omniplug.data.sample import Sample
 from omniplug.registry import DATASETS
@@ -64,11 +64,7 @@ class BabyAIWhereDataset(Dataset):
     def __init__(self, *, data_dir: str, split: Literal["train", "val", "all"] = "all", val_episodes: int = 0,
                  max_episodes: int | None = None, stride: int = 1,
                  question: str = "where is the {colour} {kind}?") -> None:
-        records = read_index(data_dir)
-        if split == "train":
-            records = records[: len(records) - val_episodes]
-        elif split == "val":
-            records = records[len(records) - val_episodes:] if val_episodes else []
+        records = split_records(read_index(data_dir), split, val_episodes)
         if max_episodes is not None:
             records = records[:max_episodes]
         self.question = question

@@ -23,7 +23,7 @@ class Collator:
         self.encoder = model.encoder
         self.decoders = dict(model.decoders.items())
         self.conv_type = model.conv_type
-        self.image_position = getattr(model, "image_position", "before_text")
+        self.image_position = model.image_position
         self.image_token = model.image_token
         self.tokens_per_image = model.num_image_tokens
         self.max_length = max_length

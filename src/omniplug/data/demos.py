@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from omniplug.actions.episodes import read_episode, read_index, read_meta
+from omniplug.actions.episodes import read_episode, read_index, read_meta, split_records
 from omniplug.actions.space import DEFAULT_PROMPT, ActionSpace, ActionTarget
 from omniplug.data.conversation import Turn
 from omniplug.data.sample import Sample
@@ -37,11 +37,7 @@ class DemoDataset(Dataset):
                  image_size: int | None = None, history: int = 1) -> None:
         meta = read_meta(data_dir)
         self.space = ActionSpace.from_json(meta["action_space"])
-        records = read_index(data_dir)
-        if split == "train":
-            records = records[: len(records) - val_episodes]
-        elif split == "val":
-            records = records[len(records) - val_episodes:] if val_episodes else []
+        records = split_records(read_index(data_dir), split, val_episodes)
         if success_only:
             records = [r for r in records if r.success]
         if max_episodes is not None:
