@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from omniplug.actions.episodes import read_episode, read_index, read_meta, split_records
 from omniplug.actions.space import DEFAULT_PROMPT, ActionSpace, ActionTarget
+from omniplug.data.babyai_where import mission_target, where_is
 from omniplug.data.conversation import Turn
 from omniplug.data.sample import Sample
 from omniplug.registry import DATASETS
@@ -34,7 +35,8 @@ class DemoDataset(Dataset):
     def __init__(self, *, data_dir: str, split: Literal["train", "val", "all"] = "all", val_episodes: int = 0,
                  max_episodes: int | None = None, success_only: bool = True, prompt: str = DEFAULT_PROMPT,
                  trigger: str = "<act>", task: str = "act", max_future: int = 16, stride: int = 1,
-                 image_size: int | None = None, history: int = 1) -> None:
+                 image_size: int | None = None, history: int = 1,
+                 reasoning: Literal["none", "where"] = "none") -> None:
         meta = read_meta(data_dir)
         self.space = ActionSpace.from_json(meta["action_space"])
         records = split_records(read_index(data_dir), split, val_episodes)
@@ -49,7 +51,16 @@ class DemoDataset(Dataset):
         self.data_dir, self.prompt, self.trigger, self.task = data_dir, prompt, trigger, task
         self.max_future, self.image_size, self.history = max_future, image_size, history
         self.env = meta.get("env", "")
+        if reasoning not in ("none", "where"):
+            raise ValueError(f"reasoning must be 'none' or 'where', got {reasoning!r}")
+        self.reasoning = reasoning
         self.episodes = [read_episode(data_dir, r) for r in records]
+        if reasoning == "where":
+            for r, ep in zip(records, self.episodes):
+                if ep.grids is None:
+                    raise ValueError(f"reasoning: where needs the symbolic grids in {data_dir}/{r.file}; collect the "
+                                     f"demonstrations with `omniplug demos collect --env babyai-... --option view=agent`")
+                mission_target(ep.instruction)  # fails now, naming the mission, rather than mid-training
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(0, ep.length, stride)]
 
     def __len__(self) -> int:
@@ -62,9 +73,14 @@ class DemoDataset(Dataset):
         target = ActionTarget(future=np.asarray(ep.actions[t: t + self.max_future]),
                               meta={"episode": e, "step": t, "seed": ep.seed})
         return Sample(turns=[Turn(role="user", text=self.prompt.format(instruction=ep.instruction), images=self.history),
-                             Turn(role="assistant", text=self.trigger)],
+                             Turn(role="assistant", text=self._thought(ep, t) + self.trigger)],
                       images=images, targets={self.task: [target]},
                       meta={"id": f"{self.env}/{ep.seed}/{t}", "dataset": "demos"})
+
+    def _thought(self, ep, t: int) -> str:
+        if self.reasoning == "none":
+            return ""
+        return where_is(ep.grids[t], *mission_target(ep.instruction)) + " "
 
     def _image(self, frame: np.ndarray) -> Image.Image:
         image = Image.fromarray(frame)

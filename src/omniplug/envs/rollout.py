@@ -76,15 +76,20 @@ class RolloutReport:
 
 class ModelPolicy:
     """A ``OneModel`` with an action decoder as a policy: one ``generate`` call per batch of
-    observations, the answer forced to start with the decoder's trigger (``<act>``)."""
+    observations, the answer forced to start with the decoder's trigger (``<act>``). With
+    ``reasoning`` the model writes up to ``reasoning_tokens`` of its own first (a chain of thought,
+    e.g. where the mission's object is) and acts at the ``<act>`` it generates; an answer without
+    one is no action (counted as invalid by ``evaluate``)."""
 
     def __init__(self, model, *, task: str = "act", prompt: str = DEFAULT_PROMPT, max_length: int = 512,
-                 history: int = 1) -> None:
+                 history: int = 1, reasoning: bool = False, reasoning_tokens: int = 16) -> None:
         if task not in model.decoders:
             raise ValueError(f"the model has no decoder for task {task!r}; it has {sorted(model.decoders)}")
         if history < 1:
             raise ValueError(f"history must be >= 1 (frames per observation), got {history}")
         self.model, self.task, self.prompt, self.history = model, task, prompt, history
+        self.reasoning, self.reasoning_tokens = reasoning, reasoning_tokens
+        self.last_texts: list[str] = []
         self.decoder = model.decoders[task]
         self.collator = Collator(model, max_length=max_length, for_generation=True)
 
@@ -98,10 +103,13 @@ class ModelPolicy:
         was_training = self.model.training
         self.model.eval()
         try:
-            gen = self.model.generate(batch, max_new_tokens=self.decoder.answer_length + 1,
-                                      answer_prefix="".join(self.decoder.tokens), max_task_tokens=1)
+            trigger = "".join(self.decoder.tokens)
+            gen = self.model.generate(
+                batch, max_new_tokens=self.decoder.answer_length + 1 + (self.reasoning_tokens if self.reasoning else 0),
+                answer_prefix=None if self.reasoning else trigger, max_task_tokens=1)
         finally:
             self.model.train(was_training)
+        self.last_texts = gen.texts
         return [items[0] if items else None for items in gen.decoder_outputs.get(self.task, [[]] * len(samples))]
 
     def frames(self, o: Observation) -> list[np.ndarray]:
@@ -230,7 +238,8 @@ def evaluate_config(config, overrides: list[str] | tuple[str, ...] = (), *, env:
     config = config if isinstance(config, Config) else load_config(config, list(overrides))
     model = build_model(config)
     model.eval()
-    policy = ModelPolicy(model, task=task, history=demo_history(config))
+    policy = ModelPolicy(model, task=task, history=demo_history(config),
+                         reasoning=demo_setting(config, "reasoning", "none") != "none")
     return evaluate(policy, env, episodes=episodes, seed=seed, num_envs=num_envs, execute=execute,
                     env_options=env_options, gif=Path(out_dir) / "rollouts.gif")
 
@@ -238,8 +247,17 @@ def evaluate_config(config, overrides: list[str] | tuple[str, ...] = (), *, env:
 def demo_history(config) -> int:
     """The ``history`` (frames per observation) of the config's training demos, so that a policy is rolled
     out with the observations it was trained on; 1 when no ``demos`` dataset trains."""
-    values = {int(config.catalogues["dataset"][name].params.get("history", 1))
-              for name in config.data.train if config.catalogues["dataset"][name].type == "demos"}
+    return int(demo_setting(config, "history", 1))
+
+
+def demo_setting(config, key: str, default: Any) -> Any:
+    """A setting of the config's training ``demos`` datasets (``history``, ``reasoning``), which the rollout
+    must share with training; ``default`` when no ``demos`` dataset trains or none sets it (a ratio of 0 does not
+    train)."""
+    values = {config.catalogues["dataset"][name].params.get(key, default)
+              for name, ratio in config.data.train.items()
+              if ratio and config.catalogues["dataset"][name].type == "demos"}
     if len(values) > 1:
-        raise ValueError(f"the training demos disagree on history ({sorted(values)}); one policy sees one history")
-    return values.pop() if values else 1
+        raise ValueError(f"the training demos disagree on {key} ({sorted(map(str, values))}); one policy is rolled "
+                         f"out one way")
+    return values.pop() if values else default
