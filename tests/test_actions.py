@@ -227,4 +227,4 @@ def test_shipped_agent_configs_build(tiny_dir, config, decoders):
         cfg = load_config(root / config, [f"one_model.decoder={decoder}", f"decoder.{decoder}.demos={demos}"])
         model = build_model(cfg)
         assert model.decoders["act"].space.kind == kind
-        assert model.num_image_tokens == (49 if "babyai" in config else 64)
+        assert model.num_image_tokens == (49 if "babyai" in config else 1)  # one token per cell / per frame

@@ -104,7 +104,7 @@ def test_unknown_entry_name(write_yaml):
 
 
 def test_unknown_alias_lists_available(write_yaml):
-    with pytest.raises(ConfigError, match="unknown encoder 'clipp'; available: cells, clip, llava_vision"):
+    with pytest.raises(ConfigError, match="unknown encoder 'clipp'; available: cells, clip, llava_vision, state"):
         load_config(write_yaml(BASE.replace("type: clip,", "type: clipp,")))
 
 

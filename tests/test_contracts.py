@@ -25,6 +25,7 @@ CASES = {
     ("encoder", "clip"): lambda d: {"model_name_or_path": str(d / "clip"), "freeze": False},
     ("encoder", "llava_vision"): lambda d: {"model_name_or_path": str(d / "llava"), "freeze": False},
     ("encoder", "cells"): lambda d: {"from_scratch": True, "dim": 16, "image_size": 32, "cell": 8},
+    ("encoder", "state"): lambda d: {"from_scratch": True, "state_dim": 3, "dim": 16, "image_size": 32},
     ("projector", "linear"): lambda d: {"in_features": 64, "out_features": 32},
     ("projector", "mlp"): lambda d: {"in_features": 64, "out_features": 32, "depth": 2, "activation": "relu"},
     ("projector", "llava"): lambda d: {"model_name_or_path": str(d / "llava")},

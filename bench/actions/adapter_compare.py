@@ -26,13 +26,14 @@ from omniplug.actions.episodes import read_episode, read_index
 from omniplug.build import build_model
 from omniplug.config import load_config
 from omniplug.envs.base import Observation
-from omniplug.envs.rollout import ModelPolicy, demo_history
+from omniplug.envs.rollout import ModelPolicy, demo_history, demo_setting
 
 
-def open_loop(model, demos: Path, *, val_episodes: int, limit: int, history: int = 1) -> dict[str, float]:
+def open_loop(model, demos: Path, *, val_episodes: int, limit: int, history: int = 1,
+              reasoning: bool = False) -> dict[str, float]:
     """Expert frames of the last ``val_episodes`` episodes (the demos reader's val split) -> first action."""
     records = read_index(demos)[-val_episodes:]
-    policy = ModelPolicy(model, history=history)
+    policy = ModelPolicy(model, history=history, reasoning=reasoning)
     obs, expert = [], []
     for record in records:
         episode = read_episode(demos, record)
@@ -77,7 +78,8 @@ def main() -> None:
         start = time.perf_counter()
         row = {"group": group, "decoder": cfg.one_model.decoder, "run": run, "history": demo_history(cfg),
                **open_loop(model, Path(entry.params["data_dir"]), val_episodes=int(entry.params["val_episodes"]),
-                           limit=args.limit, history=demo_history(cfg))}
+                           limit=args.limit, history=demo_history(cfg),
+                           reasoning=demo_setting(cfg, "reasoning", "none") != "none")}
         row["open_loop_seconds"] = round(time.perf_counter() - start, 1)
         closed = Path(run) / "eval" / "metrics.json"
         if closed.is_file():

@@ -17,6 +17,8 @@
                          rewards float32 (T,)
                          grids   uint8 (T+1, ...), optional: the environment's symbolic view of each frame
                                  (BabyAI's agent view: minigrid's (7, 7, 3) encoding), for grounding data
+                         states  float32 (T+1, K), optional: the environment's low-dimensional state shown by
+                                 each frame (Reacher: cos/sin of both joints, target x, y), for the `state` reader
 
 No pickle anywhere: ``.npz`` files are read with ``allow_pickle=False``; everything else is JSON.
 """
@@ -48,6 +50,7 @@ class Episode:
     seed: int
     success: bool
     grids: np.ndarray | None = None  # (T+1, ...) uint8: the symbolic view of each frame, when the env has one
+    states: np.ndarray | None = None  # (T+1, K) float32: the state each frame shows, when the env gives one
 
     def __post_init__(self) -> None:
         t = len(self.actions)
@@ -56,6 +59,8 @@ class Episode:
                              f"{len(self.rewards)} and {len(self.frames)}")
         if self.grids is not None and len(self.grids) != t + 1:
             raise ValueError(f"an episode of {t} actions needs {t + 1} grids, got {len(self.grids)}")
+        if self.states is not None and (self.states.ndim != 2 or len(self.states) != t + 1):
+            raise ValueError(f"an episode of {t} actions needs ({t + 1}, K) states, got {self.states.shape}")
 
     @property
     def length(self) -> int:
@@ -107,6 +112,8 @@ class EpisodeWriter:
         arrays = {"frames": ep.frames.astype(np.uint8), "actions": actions, "rewards": ep.rewards.astype(np.float32)}
         if ep.grids is not None:
             arrays["grids"] = ep.grids.astype(np.uint8)
+        if ep.states is not None:
+            arrays["states"] = ep.states.astype(np.float32)
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, self.out / rel)
         rec = EpisodeRecord(file=rel, seed=ep.seed, instruction=ep.instruction, length=ep.length,
@@ -164,7 +171,8 @@ def split_records(records: list[EpisodeRecord], split: str, val_episodes: int) -
 def read_episode(directory: str | Path, record: EpisodeRecord) -> Episode:
     with np.load(Path(directory).expanduser() / record.file, allow_pickle=False) as z:
         return Episode(frames=z["frames"], actions=z["actions"], rewards=z["rewards"], instruction=record.instruction,
-                       seed=record.seed, success=record.success, grids=z["grids"] if "grids" in z.files else None)
+                       seed=record.seed, success=record.success, grids=z["grids"] if "grids" in z.files else None,
+                       states=z["states"] if "states" in z.files else None)
 
 
 def read_actions(directory: str | Path) -> list[np.ndarray]:

@@ -3,6 +3,7 @@
     omniplug demos collect --env babyai-gotolocal --episodes 200 --out data/gotolocal
     omniplug demos info data/gotolocal
     omniplug demos parser --data data/gotolocal --out configs/babyai/parser   # the `cells` encoder's parser
+    omniplug demos reader --data data/reacher --out configs/reacher/reader    # the `state` encoder's reader
     omniplug demos rollout -c configs/babyai.yaml --env babyai-gotolocal --episodes 50 --out out/eval
 """
 
@@ -33,6 +34,13 @@ def _args(p: argparse.ArgumentParser) -> None:
     pa.add_argument("--val-episodes", type=int, default=100, help="episodes at the end of the index held out")
     pa.add_argument("--max-episodes", type=int, default=4000, help="training episodes read (frames held in memory)")
     pa.add_argument("--seed", type=int, default=0)
+    rd = sub.add_parser("reader", help="train the `state` encoder's reader on demonstrations with states")
+    rd.add_argument("--data", required=True, help="demonstrations whose episodes store states (e.g. reacher)")
+    rd.add_argument("--out", required=True, help="directory for reader_config.json + reader.safetensors")
+    rd.add_argument("--steps", type=int, default=3000)
+    rd.add_argument("--batch-size", type=int, default=64)
+    rd.add_argument("--val-episodes", type=int, default=20, help="episodes at the end of the index held out")
+    rd.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("rollout", help="closed-loop evaluation of a model (or the expert) on an environment")
     r.add_argument("-c", "--config", help="model config (omit with --expert)")
     r.add_argument("overrides", nargs="*", help="config key=value overrides, e.g. one_model.weights=out/run/final")
@@ -75,6 +83,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"cell parser: {report.frames} frames, {report.steps} steps, {report.seconds:.1f}s; held-out cell "
               f"accuracy {report.cell_accuracy:.4f} "
               f"({', '.join(f'{k} {v:.4f}' for k, v in report.attribute_accuracy.items())}); wrote {report.out}")
+        return 0
+    if args.demos_command == "reader":
+        from omniplug.actions.state_reader import train_state_reader
+
+        report = train_state_reader(args.data, args.out, steps=args.steps, batch_size=args.batch_size,
+                                    val_episodes=args.val_episodes, seed=args.seed)
+        errors = ", ".join(f"{m:.4f} (mean: {b:.4f})" for m, b in zip(report.mae, report.baseline_mae))
+        print(f"state reader: {report.frames} frames, {report.steps} steps, {report.seconds:.1f}s; held-out mean "
+              f"absolute error per dimension: {errors}; wrote {report.out}")
         return 0
     return _rollout(args)
 

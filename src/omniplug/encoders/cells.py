@@ -20,24 +20,21 @@ after them train.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from omniplug.base import Encoder
+from omniplug.encoders._perception import load_net, save_net, to_pixels
 from omniplug.registry import ENCODERS
 from omniplug.types import ImageFeatures
 
 # minigrid's symbolic cell: OBJECT_TO_IDX (11), COLOR_TO_IDX (6), STATE_TO_IDX (3)
 MINIGRID_ATTRIBUTES = {"object": 11, "colour": 6, "state": 3}
-PARSER_CONFIG = "parser_config.json"
-PARSER_WEIGHTS = "parser.safetensors"
 
 
 @dataclass
@@ -75,21 +72,12 @@ class CellParser(nn.Module):
         return {name: head(h) for name, head in self.heads.items()}
 
     def save(self, out: str | Path) -> Path:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / PARSER_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(out / PARSER_WEIGHTS))
-        return out
+        return save_net(self, self.config, out, "parser")
 
     @classmethod
     def load(cls, path: str | Path) -> "CellParser":
-        path = Path(path)
-        if not (path / PARSER_CONFIG).is_file() or not (path / PARSER_WEIGHTS).is_file():
-            raise FileNotFoundError(f"no cell parser at {path} (expected {PARSER_CONFIG} and {PARSER_WEIGHTS}); train one "
-                                    f"with `omniplug demos parser --data DEMOS_DIR --out {path}`")
-        parser = cls(CellParserConfig(**json.loads((path / PARSER_CONFIG).read_text())))
-        parser.load_state_dict(load_file(str(path / PARSER_WEIGHTS)))
-        return parser
+        return load_net(cls, CellParserConfig, path, "parser", what="cell parser",
+                        command="omniplug demos parser --data DEMOS_DIR")
 
 
 def frames_to_pixels(frames: list[np.ndarray] | np.ndarray, image_size: int) -> Tensor:
@@ -99,15 +87,7 @@ def frames_to_pixels(frames: list[np.ndarray] | np.ndarray, image_size: int) -> 
 
 
 def pil_to_pixels(images: list[Image.Image], image_size: int) -> Tensor:
-    if not images:
-        raise ValueError("preprocess() needs at least one image")
-    arrays = []
-    for im in images:
-        im = im.convert("RGB")
-        if im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), Image.NEAREST)  # cells stay crisp
-        arrays.append(np.asarray(im, dtype=np.float32) / 255.0)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return to_pixels(images, image_size, Image.NEAREST)  # cells stay crisp
 
 
 @ENCODERS.register("cells")

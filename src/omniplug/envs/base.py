@@ -35,6 +35,9 @@ class Observation:
     # the environment's symbolic view of the same frame, when it has one (BabyAI's agent view: minigrid's
     # (7, 7, 3) object/colour/state encoding); stored with demonstrations for auxiliary grounding data
     grid: np.ndarray | None = None
+    # the environment's low-dimensional state that the frame shows, when it has one (Reacher: cos/sin of both
+    # joint angles, target x, y); stored with demonstrations to train the `state` encoder's reader
+    state: np.ndarray | None = None
 
 
 @dataclass

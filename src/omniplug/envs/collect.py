@@ -50,13 +50,14 @@ def collect_demos(env_name: str, *, episodes: int, out: str | Path, seed: int = 
 
 def run_expert_episode(env, *, seed: int) -> Episode:
     obs = env.reset(seed)
-    frames, actions, rewards, grids = [obs.image], [], [], [obs.grid]
+    frames, actions, rewards, grids, states = [obs.image], [], [], [obs.grid], [obs.state]
     success = False
     for _ in range(env.max_steps):
         action = env.expert_action()
         step = env.step(action)
         frames.append(step.observation.image)
         grids.append(step.observation.grid)
+        states.append(step.observation.state)
         actions.append(action)
         rewards.append(step.reward)
         if step.done:
@@ -64,4 +65,5 @@ def run_expert_episode(env, *, seed: int) -> Episode:
             break
     return Episode(frames=np.stack(frames), actions=np.asarray(actions), rewards=np.asarray(rewards, dtype=np.float32),
                    instruction=obs.instruction, seed=seed, success=success,
-                   grids=np.stack(grids) if all(g is not None for g in grids) else None)
+                   grids=np.stack(grids) if all(g is not None for g in grids) else None,
+                   states=np.stack(states).astype(np.float32) if all(s is not None for s in states) else None)

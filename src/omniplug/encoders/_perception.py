@@ -1,0 +1,48 @@
+"""Shared pieces of the small perception nets behind the ``cells`` and ``state`` encoders: pixels from
+images, and a folder of ``<name>_config.json`` + ``<name>.safetensors`` for a net and its dataclass config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+
+def to_pixels(images: list[Image.Image], image_size: int, resample: int = Image.BILINEAR) -> Tensor:
+    """PIL images -> (N, 3, image_size, image_size) floats in [0, 1] (no normalisation)."""
+    if not images:
+        raise ValueError("preprocess() needs at least one image")
+    arrays = []
+    for im in images:
+        im = im.convert("RGB")
+        if im.size != (image_size, image_size):
+            im = im.resize((image_size, image_size), resample)
+        arrays.append(np.asarray(im, dtype=np.float32) / 255.0)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def save_net(net: nn.Module, config: Any, out: str | Path, name: str) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(out / f"{name}.safetensors"))
+    return out
+
+
+def load_net(cls: type, config_cls: type, path: str | Path, name: str, *, what: str, command: str) -> Any:
+    """``cls(config_cls(**json))`` with its weights; a clear error naming the command that writes the folder."""
+    path = Path(path)
+    config, weights = path / f"{name}_config.json", path / f"{name}.safetensors"
+    if not config.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"no {what} at {path} (expected {config.name} and {weights.name}); train one with "
+                                f"`{command} --out {path}`")
+    net = cls(config_cls(**json.loads(config.read_text())))
+    net.load_state_dict(load_file(str(weights)))
+    return net

@@ -1,0 +1,118 @@
+"""Encoder ``state``: a frame read as the low-dimensional state it shows, one token per image.
+
+The continuous-control counterpart of ``cells``. A from-scratch ViT trained from Reacher's torques
+alone never finds the few pixels of the target and the arm: every action adapter stays at the
+observation-blind baseline (bench/actions/README.md). PaLM-E gives its LLM "state estimation"
+inputs for such scenes; here a small CNN reader, trained on the states stored with the
+demonstrations (``omniplug demos reader``), estimates the state from pixels:
+
+    frame (S, S, 3) --StateReader--> standardised state estimate (K,)     (strided CNN -> MLP)   (Reacher: cos/sin of both
+                                                                        joints, target x, y)
+                    --Linear------> one (dim,) token for the input projector
+
+With ``history: 2`` in the demos the LLM sees two such tokens and can take the velocity from their
+difference. The reader stays frozen (``freeze_reader``); the linear map and everything after it train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from omniplug.base import Encoder
+from omniplug.encoders._perception import load_net, save_net, to_pixels
+from omniplug.registry import ENCODERS
+from omniplug.types import ImageFeatures
+
+
+
+@dataclass
+class StateReaderConfig:
+    state_dim: int
+    image_size: int = 64
+    width: int = 64
+    mean: list[float] = field(default_factory=list)  # of the training states: the reader predicts (s - mean) / std
+    std: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.state_dim < 1 or self.image_size % 8:
+            raise ValueError(f"a state reader needs state_dim >= 1 and image_size divisible by 8, got "
+                             f"{self.state_dim}, {self.image_size}")
+        self.mean = list(self.mean) or [0.0] * self.state_dim
+        self.std = list(self.std) or [1.0] * self.state_dim
+        if len(self.mean) != self.state_dim or len(self.std) != self.state_dim:
+            raise ValueError(f"mean/std need {self.state_dim} values each, got {len(self.mean)}, {len(self.std)}")
+
+
+class StateReader(nn.Module):
+    """Pixels (N, 3, S, S) in [0, 1] -> standardised state estimates (N, K): three strided convolutions, then
+    an MLP over the flattened map (measured better than spatial-softmax keypoints on Reacher at this budget)."""
+
+    def __init__(self, config: StateReaderConfig) -> None:
+        super().__init__()
+        self.config = config
+        w = config.width
+        side = config.image_size // 8
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w // 2, 5, 2, 2), nn.GELU(), nn.Conv2d(w // 2, w, 3, 2, 1), nn.GELU(),
+            nn.Conv2d(w, w, 3, 2, 1), nn.GELU(), nn.Flatten(), nn.Linear(w * side * side, 256), nn.GELU(),
+            nn.Linear(256, config.state_dim))
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.body(pixels)
+
+    def standardise(self, states: Tensor) -> Tensor:
+        mean, std = (torch.tensor(v, dtype=states.dtype, device=states.device) for v in (self.config.mean, self.config.std))
+        return (states - mean) / std
+
+    def save(self, out: str | Path) -> Path:
+        return save_net(self, self.config, out, "reader")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "StateReader":
+        return load_net(cls, StateReaderConfig, path, "reader", what="state reader",
+                        command="omniplug demos reader --data DEMOS_DIR")
+
+
+@ENCODERS.register("state")
+class StateEncoder(Encoder):
+    """One token per image: the frozen reader's state estimate through a trainable linear map.
+
+    ``reader``: a directory written by ``omniplug demos reader`` (required unless ``from_scratch``, which
+    starts a random reader that trains with the rest: tests and ablations; give ``state_dim`` then)."""
+
+    def __init__(self, *, reader: str | None = None, dim: int = 128, freeze: bool = False, freeze_reader: bool = True,
+                 from_scratch: bool = False, state_dim: int | None = None, image_size: int = 64) -> None:
+        super().__init__()
+        if reader is None and not (from_scratch and state_dim):
+            raise ValueError("encoder state needs `reader: DIR` (train one with `omniplug demos reader --data DEMOS "
+                             "--out DIR`) or `from_scratch: true` with `state_dim`")
+        self.reader = (StateReader(StateReaderConfig(state_dim=state_dim, image_size=image_size)) if reader is None
+                       else StateReader.load(reader))
+        self.freeze, self.freeze_reader = freeze, freeze_reader and reader is not None
+        self.image_size = self.reader.config.image_size
+        self.embed = nn.Linear(self.reader.config.state_dim, dim)
+        self.out_dim, self.num_tokens = dim, 1
+        if self.freeze_reader:
+            self.reader.requires_grad_(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> "StateEncoder":
+        super().requires_grad_(requires_grad)
+        if self.freeze_reader:
+            self.reader.requires_grad_(False)
+        return self
+
+    def preprocess(self, images: list[Image.Image]) -> Tensor:
+        return to_pixels(images, self.image_size)
+
+    def forward(self, pixel_values: Tensor) -> ImageFeatures:
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, self.image_size, self.image_size):
+            raise ValueError(f"encoder state expects (N, 3, {self.image_size}, {self.image_size}) pixels, got "
+                             f"{tuple(pixel_values.shape)}")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_reader):
+            estimate = self.reader(pixel_values.to(self.embed.weight.dtype))
+        return ImageFeatures(tokens=self.embed(estimate).unsqueeze(1))

@@ -1,0 +1,103 @@
+"""The ``state`` encoder: a reader that estimates the state a frame shows, trained on stored states.
+
+No simulator: synthetic episodes whose frames draw a dot at the stored (x, y)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omniplug.actions.episodes import Episode, EpisodeWriter, read_episode, read_index
+from omniplug.actions.space import ActionSpace
+
+
+def _dot_episodes(out, *, episodes: int = 24, steps: int = 9, size: int = 32, seed: int = 0):
+    """A 3x3 white dot moving at random; the state is its centre in [-1, 1] (x, y)."""
+    rng = np.random.default_rng(seed)
+    writer = EpisodeWriter(out, env="synthetic-dot", action_space=ActionSpace(kind="continuous", dim=2,
+                                                                              low=(-1.0, -1.0), high=(1.0, 1.0)))
+    for e in range(episodes):
+        cells = rng.integers(2, size - 2, size=(steps + 1, 2))
+        frames = np.zeros((steps + 1, size, size, 3), dtype=np.uint8)
+        for t, (x, y) in enumerate(cells):
+            frames[t, y - 1:y + 2, x - 1:x + 2] = 255
+        states = (cells / (size - 1) * 2 - 1).astype(np.float32)
+        writer.add(Episode(frames=frames, actions=rng.uniform(-1, 1, (steps, 2)).astype(np.float32),
+                           rewards=np.zeros(steps, np.float32), instruction="follow the dot", seed=seed + e,
+                           success=True, states=states))
+    writer.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def dot_demos(tmp_path_factory):
+    return _dot_episodes(tmp_path_factory.mktemp("state") / "demos")
+
+
+def test_states_round_trip_through_the_episode_files(dot_demos):
+    episode = read_episode(str(dot_demos), read_index(str(dot_demos))[0])
+    assert episode.states is not None and episode.states.shape == (10, 2) and episode.states.dtype == np.float32
+    with pytest.raises(ValueError, match=r"needs \(3, K\) states"):
+        Episode(frames=np.zeros((3, 4, 4, 3), np.uint8), actions=np.zeros((2, 2)), rewards=np.zeros(2),
+                instruction="x", seed=0, success=True, states=np.zeros((2, 2)))
+
+
+def test_reader_learns_where_the_dot_is(dot_demos, tmp_path):
+    from omniplug.actions.state_reader import train_state_reader
+
+    torch.set_num_threads(1)
+    report = train_state_reader(dot_demos, tmp_path / "reader", steps=300, val_episodes=4, image_size=32, width=16)
+    assert len(report.mae) == 2
+    assert all(m < 0.35 * b for m, b in zip(report.mae, report.baseline_mae)), report
+
+    from omniplug.encoders.state import StateEncoder
+
+    enc = StateEncoder(reader=str(report.out), dim=8)
+    assert enc.num_tokens == 1 and enc.out_dim == 8
+    episode = read_episode(str(dot_demos), read_index(str(dot_demos))[-1])
+    pixels = enc.preprocess([Image.fromarray(f) for f in episode.frames[:3]])
+    feats = enc(pixels)
+    assert feats.tokens.shape == (3, 1, 8)
+    enc.requires_grad_(True)  # what train_mode 2 does: the reader stays frozen, the linear map trains
+    assert not any(p.requires_grad for p in enc.reader.parameters()) and enc.embed.weight.requires_grad
+    feats.tokens.sum().backward()
+    assert enc.embed.weight.grad is not None
+    with pytest.raises(ValueError, match=r"expects \(N, 3, 32, 32\)"):
+        enc(torch.zeros(1, 3, 16, 16))
+
+
+def test_state_encoder_errors_say_what_to_do(tmp_path):
+    from omniplug.encoders.state import StateEncoder
+
+    with pytest.raises(FileNotFoundError, match="omniplug demos reader"):
+        StateEncoder(reader=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="needs `reader: DIR`"):
+        StateEncoder(from_scratch=True)
+
+
+def test_reader_cli_and_demos_without_states(dot_demos, tmp_path, tiny_dir, capsys):
+    from omniplug.actions.state_reader import train_state_reader
+    from omniplug.cli import main
+
+    assert main(["demos", "reader", "--data", str(dot_demos), "--out", str(tmp_path / "r"), "--steps", "3",
+                 "--val-episodes", "2"]) == 0
+    assert "held-out mean absolute error per dimension" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="has no states"):
+        train_state_reader(tiny_dir / "act_demos" / "continuous", tmp_path / "q", steps=1, val_episodes=0)
+
+
+def test_reacher_observations_carry_their_state():
+    pytest.importorskip("mujoco")
+    from omniplug.envs import make_env
+
+    try:
+        env = make_env("reacher")
+        obs = env.reset(seed=0)
+    except Exception as exc:  # no EGL on this machine
+        pytest.skip(f"MuJoCo cannot render here: {exc}")
+    q = env._env.unwrapped.data.qpos
+    assert obs.state.shape == (6,) and np.allclose(obs.state[:2], [np.cos(q[0]), np.sin(q[0])], atol=1e-6)
+    assert np.allclose(obs.state[4:], q[2:4], atol=1e-6)
+    assert env.step(env.expert_action()).observation.state.shape == (6,)
