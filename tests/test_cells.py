@@ -73,6 +73,11 @@ def test_cells_encoder_errors_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="needs `parser: DIR`"):
         CellsEncoder()
     assert CellsEncoder(from_scratch=True, dim=8).parser.body[0].weight.requires_grad  # ablation: parser trains
+    broken = tmp_path / "broken"
+    CellsEncoder(from_scratch=True).parser.save(broken)
+    (broken / "parser.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="does not load.*omniplug demos parser"):
+        CellsEncoder(parser=str(broken))
 
 
 def test_parser_cli_and_missing_grids(agent_demos, tmp_path, capsys):

@@ -14,6 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from omniplug.base import Encoder
+
 
 def to_pixels(images: list[Image.Image], image_size: int, resample: int = Image.BILINEAR) -> Tensor:
     """PIL images -> (N, 3, image_size, image_size) floats in [0, 1] (no normalisation)."""
@@ -43,6 +45,33 @@ def load_net(cls: type, config_cls: type, path: str | Path, name: str, *, what: 
     if not config.is_file() or not weights.is_file():
         raise FileNotFoundError(f"no {what} at {path} (expected {config.name} and {weights.name}); train one with "
                                 f"`{command} --out {path}`")
-    net = cls(config_cls(**json.loads(config.read_text())))
-    net.load_state_dict(load_file(str(weights)))
+    try:
+        net = cls(config_cls(**json.loads(config.read_text())))
+        net.load_state_dict(load_file(str(weights)))
+    except Exception as exc:  # truncated file, edited config, weights of another shape
+        raise ValueError(f"the {what} at {path} does not load ({type(exc).__name__}: {exc}); write it again with "
+                         f"`{command} --out {path}`") from exc
     return net
+
+
+class PerceptionEncoder(Encoder):
+    """An encoder around a small trained perception net (the attribute named ``net_name``) that stays frozen,
+    whatever ``train_mode`` asks, when ``frozen_net`` is set; ``perceive`` checks the pixels and runs it."""
+
+    net_name: str = "net"
+    frozen_net: bool = False
+    image_size: int
+
+    def requires_grad_(self, requires_grad: bool = True) -> "PerceptionEncoder":
+        super().requires_grad_(requires_grad)
+        if self.frozen_net:
+            getattr(self, self.net_name).requires_grad_(False)
+        return self
+
+    def perceive(self, pixel_values: Tensor) -> Any:
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, self.image_size, self.image_size):
+            raise ValueError(f"encoder {type(self).__name__} expects (N, 3, {self.image_size}, {self.image_size}) "
+                             f"pixels, got {tuple(pixel_values.shape)}")
+        net = getattr(self, self.net_name)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_net):
+            return net(pixel_values.to(next(net.parameters()).dtype))

@@ -28,8 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from omniplug.base import Encoder
-from omniplug.encoders._perception import load_net, save_net, to_pixels
+from omniplug.encoders._perception import PerceptionEncoder, load_net, save_net, to_pixels
 from omniplug.registry import ENCODERS
 from omniplug.types import ImageFeatures
 
@@ -91,7 +90,7 @@ def pil_to_pixels(images: list[Image.Image], image_size: int) -> Tensor:
 
 
 @ENCODERS.register("cells")
-class CellsEncoder(Encoder):
+class CellsEncoder(PerceptionEncoder):
     """One token per grid cell: the parser's class probabilities times a learned vector per class.
 
     ``parser``: a directory written by ``omniplug demos parser`` (required unless ``from_scratch``,
@@ -107,7 +106,7 @@ class CellsEncoder(Encoder):
                              "--out DIR`) or `from_scratch: true`")
         self.parser = (CellParser(CellParserConfig(image_size=image_size, cell=cell)) if parser is None
                        else CellParser.load(parser))
-        self.freeze, self.freeze_parser = freeze, freeze_parser and parser is not None
+        self.net_name, self.freeze, self.frozen_net = "parser", freeze, freeze_parser and parser is not None
         config = self.parser.config
         self.image_size = config.image_size
         self.tables = nn.ModuleDict({name: nn.Embedding(n, dim) for name, n in config.attributes.items()})
@@ -115,28 +114,14 @@ class CellsEncoder(Encoder):
         self.position = nn.Parameter(torch.randn(config.side ** 2, dim))
         self.out_dim = dim
         self.num_tokens = config.side ** 2
-        if self.freeze_parser:
-            self.parser.requires_grad_(False)
-
-    def requires_grad_(self, requires_grad: bool = True) -> "CellsEncoder":
-        super().requires_grad_(requires_grad)
-        if self.freeze_parser:
-            self.parser.requires_grad_(False)
-        return self
+        self.requires_grad_(True)
 
     def preprocess(self, images: list[Image.Image]) -> Tensor:
         return pil_to_pixels(images, self.image_size)
 
-    def probabilities(self, pixel_values: Tensor) -> dict[str, Tensor]:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_parser):
-            return {name: logits.softmax(1) for name, logits in self.parser(pixel_values).items()}
-
     def forward(self, pixel_values: Tensor) -> ImageFeatures:
-        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, self.image_size, self.image_size):
-            raise ValueError(f"encoder cells expects (N, 3, {self.image_size}, {self.image_size}) pixels, got "
-                             f"{tuple(pixel_values.shape)}")
+        probs = {name: logits.softmax(1) for name, logits in self.perceive(pixel_values).items()}
         dtype = self.tables[next(iter(self.tables))].weight.dtype
-        probs = self.probabilities(pixel_values.to(next(self.parser.parameters()).dtype))
         dense = sum(torch.einsum("nchw,cd->ndhw", p.to(dtype), self.tables[name].weight) for name, p in probs.items())
         tokens = dense.flatten(2).transpose(1, 2) + self.position.to(dtype)
         side = self.parser.config.side

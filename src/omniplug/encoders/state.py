@@ -23,8 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from omniplug.base import Encoder
-from omniplug.encoders._perception import load_net, save_net, to_pixels
+from omniplug.encoders._perception import PerceptionEncoder, load_net, save_net, to_pixels
 from omniplug.registry import ENCODERS
 from omniplug.types import ImageFeatures
 
@@ -79,7 +78,7 @@ class StateReader(nn.Module):
 
 
 @ENCODERS.register("state")
-class StateEncoder(Encoder):
+class StateEncoder(PerceptionEncoder):
     """One token per image: the frozen reader's state estimate through a trainable linear map.
 
     ``reader``: a directory written by ``omniplug demos reader`` (required unless ``from_scratch``, which
@@ -93,26 +92,14 @@ class StateEncoder(Encoder):
                              "--out DIR`) or `from_scratch: true` with `state_dim`")
         self.reader = (StateReader(StateReaderConfig(state_dim=state_dim, image_size=image_size)) if reader is None
                        else StateReader.load(reader))
-        self.freeze, self.freeze_reader = freeze, freeze_reader and reader is not None
+        self.net_name, self.freeze, self.frozen_net = "reader", freeze, freeze_reader and reader is not None
         self.image_size = self.reader.config.image_size
         self.embed = nn.Linear(self.reader.config.state_dim, dim)
         self.out_dim, self.num_tokens = dim, 1
-        if self.freeze_reader:
-            self.reader.requires_grad_(False)
-
-    def requires_grad_(self, requires_grad: bool = True) -> "StateEncoder":
-        super().requires_grad_(requires_grad)
-        if self.freeze_reader:
-            self.reader.requires_grad_(False)
-        return self
+        self.requires_grad_(True)
 
     def preprocess(self, images: list[Image.Image]) -> Tensor:
         return to_pixels(images, self.image_size)
 
     def forward(self, pixel_values: Tensor) -> ImageFeatures:
-        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, self.image_size, self.image_size):
-            raise ValueError(f"encoder state expects (N, 3, {self.image_size}, {self.image_size}) pixels, got "
-                             f"{tuple(pixel_values.shape)}")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_reader):
-            estimate = self.reader(pixel_values.to(self.embed.weight.dtype))
-        return ImageFeatures(tokens=self.embed(estimate).unsqueeze(1))
+        return ImageFeatures(tokens=self.embed(self.perceive(pixel_values)).unsqueeze(1))
