@@ -140,6 +140,8 @@ class Decoder(nn.Module, ABC):
     #: ``DecoderInput.answer_ids``/``answer_logits`` hold them and the collator writes
     #: ``answer_text(target)`` after each trigger of a training answer.
     answer_length: int = 0
+    #: width of ``dense_features`` when the decoder has a feature map a dense head can read (omniplug.dense)
+    dense_width: int | None = None
 
     def set_trainable(self) -> None:
         """Called once by ``apply_train_mode`` when decoders train; default: every parameter
@@ -170,6 +172,11 @@ class Decoder(nn.Module, ABC):
 
     @abstractmethod
     def postprocess(self, out: DecoderOutput, inp: DecoderInput) -> list[Any]: ...
+
+    def dense_features(self, out: DecoderOutput) -> Tensor | None:
+        """(M, dense_width, h, w): the feature map of each occurrence's image, for dense supervision
+        (``one_model.dense_loss_weights``); ``None`` when the decoder has none."""
+        return None
 
 
 def count_params(module: nn.Module) -> tuple[int, int]:

@@ -82,7 +82,8 @@ def build_model(config: Config | str | Path, overrides: list[str] | tuple[str, .
     model = OneModel(tokenizer=tokenizer, llm=llm, encoder=encoder, in_projector=in_projector, decoders=decoders,
                      out_projectors=out_projectors, conv_type=om.conv_type, image_token=om.image_token,
                      image_position=om.image_position,
-                     ce_loss_weight=om.ce_loss_weight, decoder_loss_weights=om.decoder_loss_weights)
+                     ce_loss_weight=om.ce_loss_weight, decoder_loss_weights=om.decoder_loss_weights,
+                     dense_classes=om.dense_classes, dense_loss_weights=om.dense_loss_weights)
     apply_train_mode(model, om.train_mode, new_token_ids=new_token_ids)
     model.config = config  # type: ignore[assignment]
     if load_weights and om.weights:

@@ -83,6 +83,10 @@ class OneModelConfig:
     train_mode: Literal[0, 1, 2] = 1  # 0 pretrain in_projector; 1 decoders+out projectors(+LoRA); 2 full
     ce_loss_weight: float = 1.0
     decoder_loss_weights: dict[str, float] = field(default_factory=dict)  # task -> weight (default 1)
+    # dense perception supervision (omniplug.dense): classes of the datasets' label maps, and the weight of the
+    # cross entropy on each feature map: "encoder" and/or decoder task names (e.g. {encoder: 1.0, seg: 1.0})
+    dense_classes: int | list[int] | None = None  # one count per label-map channel
+    dense_loss_weights: dict[str, float] = field(default_factory=dict)
     image_token: str = "<image>"
     weights: str | None = None  # trainable.safetensors (or its directory) loaded after building
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from omniplug.base import Decoder, Encoder, LanguageModel, Tokenizer
+from omniplug.dense import DenseHead
 from omniplug.types import Batch, DecoderInput, DecoderOutput, ImageFeatures, ModelOutput
 
 
@@ -45,7 +46,8 @@ class OneModel(nn.Module):
                  in_projector: nn.Module | None, decoders: dict[str, Decoder], out_projectors: dict[str, nn.Module],
                  conv_type: str, image_token: str, ce_loss_weight: float = 1.0,
                  decoder_loss_weights: dict[str, float] | None = None,
-                 image_position: Literal["before_text", "after_text"] = "before_text") -> None:
+                 image_position: Literal["before_text", "after_text"] = "before_text",
+                 dense_classes: int | list[int] | None = None, dense_loss_weights: dict[str, float] | None = None) -> None:
         super().__init__()
         if (encoder is None) != (in_projector is None):
             raise ValueError("encoder and in_projector go together")
@@ -67,6 +69,39 @@ class OneModel(nn.Module):
         unknown = set(self.decoder_loss_weights) - set(decoders)
         if unknown:
             raise ValueError(f"decoder_loss_weights names unknown task(s) {sorted(unknown)}; tasks: {sorted(decoders)}")
+        self.dense_loss_weights = dict(dense_loss_weights or {})
+        self.dense_heads = nn.ModuleDict({name: DenseHead(width, dense_classes) for name, width in
+                                          self._dense_widths(dense_classes).items()})
+
+    def _dense_widths(self, classes: int | list[int] | None) -> dict[str, int]:
+        """Feature width of every module named in dense_loss_weights, checked."""
+        if not self.dense_loss_weights:
+            return {}
+        if classes is None:
+            raise ValueError("one_model.dense_loss_weights is set but dense_classes is not; set dense_classes to the "
+                             "number of classes in the datasets' label maps")
+        widths = {}
+        for name in self.dense_loss_weights:
+            if name == "encoder":
+                if self.encoder is None:
+                    raise ValueError("dense_loss_weights names 'encoder' but the model has no encoder")
+                widths[name] = int(self.encoder.out_dim)
+            elif name in self.decoders:
+                width = self.decoders[name].dense_width
+                if width is None:
+                    raise ValueError(f"dense_loss_weights names decoder {name!r}, which has no feature map for a dense "
+                                     f"head (decoders with one: {[t for t, d in self.decoders.items() if d.dense_width]})")
+                widths[name] = int(width)
+            else:
+                raise ValueError(f"dense_loss_weights names {name!r}; use 'encoder' or a decoder task: {sorted(self.decoders)}")
+        return widths
+
+    def _dense_loss(self, name: str, features: Tensor | None, labels: Tensor) -> Tensor | None:
+        if features is None or features.numel() == 0:
+            raise ShapeError(f"dense supervision of {name!r}: it produced no feature map (an encoder whose tokens do "
+                             f"not form a square grid has none); drop {name!r} from one_model.dense_loss_weights")
+        loss = self.dense_heads[name].loss(features, labels)
+        return None if loss is None else self.dense_loss_weights[name] * loss
 
     # --- images ---------------------------------------------------------------------------------
     @property
@@ -167,6 +202,25 @@ class OneModel(nn.Module):
             for name, value in decoder.loss(dec_out, targets).items():
                 decoder_losses[f"{task}/{name}"] = weight * value
                 total = total + weight * value
+            if task in self.dense_heads and batch.label_maps is not None:
+                rows = torch.unique(dec_out.batch_index)
+                feats = decoder.dense_features(dec_out)
+                if feats is not None:  # one feature map per image: the first occurrence of each sample
+                    first = torch.stack([(dec_out.batch_index == r).nonzero()[0, 0] for r in rows])
+                    feats = feats[first]
+                value = self._dense_loss(task, feats, batch.label_maps[rows.to(batch.label_maps.device)])
+                if value is not None:
+                    decoder_losses[f"dense/{task}"] = value
+                    total = total + value
+        if "encoder" in self.dense_heads and batch.label_maps is not None and features is not None:
+            rows = batch.first_image_rows
+            keep = rows >= 0
+            if bool(keep.any()):
+                value = self._dense_loss("encoder", features.dense[rows[keep]] if features.dense is not None else None,
+                                         batch.label_maps[keep])
+                if value is not None:
+                    decoder_losses["dense/encoder"] = value
+                    total = total + value
         return ModelOutput(loss=total, lm_loss=out.loss, decoder_losses=decoder_losses, logits=out.logits,
                            decoder_outputs=decoder_outputs)
 

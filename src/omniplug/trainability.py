@@ -29,5 +29,8 @@ def apply_train_mode(model: "OneModel", mode: int, *, new_token_ids: list[int]) 
         decoder.set_trainable()
     if mode == 2 and model.encoder is not None and not model.encoder.freeze:
         model.encoder.requires_grad_(True)
+    for name, head in model.dense_heads.items():  # a head trains with the module whose feature map it reads
+        source = model.encoder if name == "encoder" else model.decoders[name]
+        head.requires_grad_(any(p.requires_grad for p in source.parameters()))
     llm_full = mode == 2 and not model.llm.freeze
     model.llm.make_trainable(full=llm_full, new_token_ids=sorted(set(new_token_ids)))

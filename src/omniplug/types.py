@@ -96,6 +96,10 @@ class Batch:
     image_sizes: list[tuple[int, int]] | None = None
     decoder_pixels: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, list[Any]] = field(default_factory=dict)
+    # dense supervision (omniplug.dense): (B, H, W) class labels of each sample's first image (-100 unlabelled)
+    # and the row of that image in pixel_values (-1: the sample has none)
+    label_maps: Tensor | None = None
+    first_image_rows: Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         def move(x: Any) -> Any:
@@ -115,6 +119,8 @@ class Batch:
             image_sizes=self.image_sizes,
             decoder_pixels=move(self.decoder_pixels),
             targets=move(self.targets),
+            label_maps=move(self.label_maps),
+            first_image_rows=move(self.first_image_rows),
         )
 
 

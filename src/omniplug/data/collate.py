@@ -10,6 +10,7 @@ from PIL import Image
 
 from omniplug.data.conversation import Turn, encode_chat
 from omniplug.data.sample import Sample
+from omniplug.dense import collate_label_maps
 from omniplug.types import Batch
 
 
@@ -29,6 +30,7 @@ class Collator:
         self.max_length = max_length
         self.padding_side = "left" if for_generation else padding_side
         self.for_generation = for_generation
+        self.dense = len(getattr(model, "dense_heads", ())) > 0  # label maps are collated only for dense heads
 
     def __call__(self, samples: list[Sample]) -> Batch:
         if not samples:
@@ -73,8 +75,14 @@ class Collator:
                 decoder_pixels[task] = dec.prepare_images([im if im is not None else stand_in for im in first_images])
             targets[task] = [dec.prepare_target(t, first_images[i])
                              for i, s in enumerate(samples) for t in s.targets.get(task, [])]
+        label_maps = first_rows = None
+        if self.dense and not self.for_generation:
+            label_maps = collate_label_maps([s.label_map if s.images else None for s in samples])
+            counts = torch.tensor([len(s.images) for s in samples])
+            first_rows = torch.where(counts > 0, torch.cumsum(counts, 0) - counts, torch.full_like(counts, -1))
         return Batch(input_ids=ids, attention_mask=mask, labels=None if self.for_generation else labels,
-                     pixel_values=pixel_values, image_sizes=sizes, decoder_pixels=decoder_pixels, targets=targets)
+                     pixel_values=pixel_values, image_sizes=sizes, decoder_pixels=decoder_pixels, targets=targets,
+                     label_maps=label_maps, first_image_rows=first_rows if label_maps is not None else None)
 
     def _write_answer_text(self, turns: list[Turn], sample: Sample) -> list[Turn]:
         """Text decoders (``answer_length > 0``, e.g. action tokens) write what follows each of their

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from omniplug.registry import DATASETS
@@ -70,18 +71,56 @@ def _reader(task: str, root: Path, options: dict[str, Any]) -> Dataset:
     return EditingTriples(data_dir=str(root), **options)
 
 
+def _image_name(task: str, meta: dict[str, Any]) -> str:
+    """The scene file a sample's (first) image was read from."""
+    if "file_name" in meta:
+        return Path(meta["file_name"]).name
+    return f"{str(meta['id']).split(':')[0]}.png"  # caption_vqa and editing samples are keyed by scene id
+
+
 @DATASETS.register("world")
 class WorldTaskDataset(Dataset):
-    """``task`` picks the reader; ``options`` are passed to it (e.g. ``num_tokens`` for generation)."""
+    """``task`` picks the reader; ``options`` are passed to it (e.g. ``num_tokens`` for generation).
+    ``dense_labels``: attach the scene's dense labels to every sample with an image, for dense
+    perception heads (``omniplug.dense``): (3, H, W) category (``semantic_classes.json``, 12), part (8)
+    and colour (9) per pixel, rendered from ``scenes.jsonl`` (``Rendering.dense_labels``)."""
 
     def __init__(self, *, root: str, task: WorldTask, split: str = "train", n: int = 2000, seed: int = 0,
-                 size: int = 64, options: dict[str, Any] | None = None) -> None:
+                 size: int = 64, options: dict[str, Any] | None = None, dense_labels: bool = False) -> None:
         self.root = ensure_split(root=root, split=split, n=n, seed=seed, size=size)
         self.task = task
         self.reader = _reader(task, self.root, dict(options or {}))
+        self.dense_labels = dense_labels
 
     def __len__(self) -> int:
         return len(self.reader)
 
     def __getitem__(self, idx: int):
-        return self.reader[idx]
+        sample = self.reader[idx]
+        if self.dense_labels and sample.images:
+            sample.label_map = self.label_map(_image_name(self.task, sample.meta))
+        return sample
+
+    def label_map(self, name: str) -> np.ndarray:
+        from omniplug.data.world import Scene, render_scene
+
+        lines = _scene_lines(self.root)
+        index = int(Path(name).stem)
+        if not 0 <= index < len(lines):
+            raise FileNotFoundError(f"dataset world: {self.root / 'scenes.jsonl'} has no scene {index} (image {name}); "
+                                    f"regenerate the split (omniplug world generate)")
+        return render_scene(Scene.from_json(json.loads(lines[index]))).dense_labels()
+
+
+_SCENE_LINES: dict[Path, list[str]] = {}
+
+
+def _scene_lines(root: Path) -> list[str]:
+    """The split's scenes.jsonl, one line per scene, read once per process (shared by every task's dataset)."""
+    if root not in _SCENE_LINES:
+        path = root / "scenes.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset world: {path} not found; dense_labels needs the scenes the split was "
+                                    f"generated from (omniplug world generate)")
+        _SCENE_LINES[root] = path.read_text().splitlines()
+    return _SCENE_LINES[root]

@@ -90,7 +90,8 @@ class DiffusionDecoder(Decoder):
                  diffusion_loss_weight: float = 1.0, align_loss_weight: float = 1.0, train_unet: bool = False,
                  mask_from: str | None = "seg", paste_back: bool = True,
                  dtype: Literal["float32", "float16", "bfloat16"] = "float32", freeze: bool = False,
-                 from_scratch: bool = False) -> None:
+                 from_scratch: bool = False,
+                 prediction_type: Literal["epsilon", "sample", "v_prediction"] | None = None) -> None:
         super().__init__()
         try:
             self.tokens = gen_tokens(token, num_tokens)
@@ -107,8 +108,14 @@ class DiffusionDecoder(Decoder):
         p = parts.load_parts(model_name_or_path, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
                              tokenizer=tokenizer, dtype=parts.torch_dtype(dtype), from_scratch=from_scratch)
         self.unet, self.vae, self.text_encoder, self.text_tokenizer = p.unet, p.vae, p.text_encoder, p.text_tokenizer
-        self._scheduler_class, self._scheduler_config = p.scheduler_class, p.scheduler_config
-        self._train_scheduler = parts.training_scheduler(p.scheduler_config)
+        self._scheduler_class, self._scheduler_config = p.scheduler_class, dict(p.scheduler_config)
+        if prediction_type is not None:  # what the UNet predicts; a from-scratch UNet may pick it (a checkpoint's is fixed)
+            if not from_scratch and prediction_type != self._scheduler_config.get("prediction_type", "epsilon"):
+                raise ConfigError(f"decoder diffusion: {model_name_or_path} was trained to predict "
+                                  f"{self._scheduler_config.get('prediction_type', 'epsilon')!r}; prediction_type "
+                                  f"{prediction_type!r} only applies to a UNet trained from scratch (from_scratch: true)")
+            self._scheduler_config["prediction_type"] = prediction_type
+        self._train_scheduler = parts.training_scheduler(self._scheduler_config)
         ucfg = self.unet.config
         if ucfg.time_cond_proj_dim is not None or ucfg.addition_embed_type is not None:
             raise ConfigError("decoder diffusion: this UNet needs extra conditioning (guidance embedding or SDXL-style "

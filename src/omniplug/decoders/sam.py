@@ -47,6 +47,7 @@ class SamOutput(DecoderOutput):
     mask_logits: list[Tensor]  # per occurrence: (H, W) logits at its image's original size
     low_res_logits: Tensor  # (M, h, w) mask-decoder output before upsampling
     scores: Tensor  # (M,) SAM's predicted IoU for each mask
+    image_embeddings: Tensor | None = None  # (M, C, h, w) the image encoder's output each mask was decoded from
 
 
 def sigmoid_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -90,6 +91,7 @@ class SamDecoder(Decoder):
         self.processor = _processor(path, self.model)
         self.tokens = [token]
         self.prompt_dim = int(self.model.config.prompt_encoder_config.hidden_size)
+        self.dense_width = int(self.model.config.vision_config.output_channels)
         if int(self.model.config.mask_decoder_config.hidden_size) != self.prompt_dim:
             raise ValueError(f"decoder sam: {path} has prompt-encoder width {self.prompt_dim} but mask-decoder width "
                              f"{self.model.config.mask_decoder_config.hidden_size}; not a usable SAM checkpoint")
@@ -168,7 +170,11 @@ class SamDecoder(Decoder):
         for i, b in enumerate(batch_index.tolist()):
             logits.append(upsample_mask(low_res[i], padded=padded, input_size=pixels.input_sizes[b],
                                         original_size=pixels.original_sizes[b]))
-        return SamOutput(batch_index=batch_index, mask_logits=logits, low_res_logits=low_res, scores=iou[:, 0, 0])
+        return SamOutput(batch_index=batch_index, mask_logits=logits, low_res_logits=low_res, scores=iou[:, 0, 0],
+                         image_embeddings=embeds)
+
+    def dense_features(self, out: SamOutput) -> Tensor | None:
+        return out.image_embeddings
 
     def loss(self, out: SamOutput, targets: list[Tensor]) -> dict[str, Tensor]:
         if len(targets) != len(out.mask_logits):

@@ -22,7 +22,7 @@ from .editing import Edit, edit_mask, sample_edit
 from .language import QA, DescribedObject, Referral, caption, parse_caption, referrals, vqa
 from .masks import decode_rle, encode_rle, fill_polygons, mask_to_polygons, rgb_to_ids
 from .reasoning import Query, ReasonTarget, evaluate, reasoning_query
-from .render import ObjectAnnotation, PartAnnotation, Rendering, render_scene
+from .render import DENSE_CHANNELS, ObjectAnnotation, PartAnnotation, Rendering, render_scene
 from .scene import Scene, SceneObject, Water, WorldConfig, sample_scene, scene_rng
 from .vocab import (
     CATEGORIES, COLOURS, COMPOSITES, DEFAULT_HOLDOUT, PARTS, SEMANTIC_CLASSES, SHAPES, SIZES, SPLITS, STUFF,
@@ -31,7 +31,7 @@ from .vocab import (
 from .writers import SplitSummary, config_from_meta, read_meta, read_scenes, scene_record, write_split
 
 __all__ = [
-    "AccuracyReport", "CATEGORIES", "COLOURS", "COMPOSITES", "DEFAULT_HOLDOUT", "DescribedObject", "DetectedObject",
+    "AccuracyReport", "CATEGORIES", "COLOURS", "DENSE_CHANNELS", "COMPOSITES", "DEFAULT_HOLDOUT", "DescribedObject", "DetectedObject",
     "Edit", "ExpectedObject", "MatchScore", "ObjectAnnotation", "PARTS", "PartAnnotation", "QA", "Query",
     "ReasonTarget", "Referral", "Rendering", "SEMANTIC_CLASSES", "SHAPES", "SIZES", "SPLITS", "STUFF", "Scene",
     "SceneObject", "SplitSummary", "WORLD_VERSION", "Water", "WorldConfig", "analyse", "caption", "config_from_meta",

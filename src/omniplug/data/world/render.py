@@ -9,7 +9,14 @@ import numpy as np
 
 from .geometry import object_extent, object_templates
 from .scene import Scene, SceneObject, inside_canvas, object_part_masks
-from .vocab import CATEGORY_ID, COLOURS, PART_COLOURS, SEMANTIC_CLASSES, STUFF, STUFF_COLOURS
+from .vocab import CATEGORY_ID, COLOURS, PART_COLOURS, PARTS, SEMANTIC_CLASSES, STUFF, STUFF_COLOURS
+
+# Channels of Rendering.dense_labels() and their class names (index = label value).
+DENSE_CHANNELS: dict[str, tuple[str, ...]] = {
+    "category": SEMANTIC_CLASSES,  # what semantic_map() holds
+    "part": ("none",) + tuple(PARTS),  # "none": stuff or a simple shape
+    "colour": ("none",) + tuple(COLOURS),  # "none": stuff or a composite (its parts have fixed colours)
+}
 
 assert all(CATEGORY_ID[name] == i for i, name in enumerate(SEMANTIC_CLASSES) if i > 0), \
     "semantic label values must equal category ids"
@@ -106,6 +113,20 @@ class Rendering:
         """uint8 labels indexing ``SEMANTIC_CLASSES`` (stuff, shape or composite; 0 never occurs)."""
         lut = np.array([CATEGORY_ID[o.category] for o in self.scene.objects] + [0], dtype=np.uint8)
         return np.where(self.owner >= 0, lut[self.owner], self.background).astype(np.uint8)
+
+    def dense_labels(self) -> np.ndarray:
+        """(3, H, W) int16: per pixel its category, part and colour (``DENSE_CHANNELS``), for dense
+        perception heads; one factorised label per property, so unseen colour-shape pairs stay describable."""
+        part_of = np.zeros(self.owner.shape, dtype=np.int16)
+        colour_of = np.zeros(self.owner.shape, dtype=np.int16)
+        for i, (obj, ann) in enumerate(zip(self.scene.objects, self.objects)):
+            mine = self.owner == i
+            if obj.is_composite:
+                for k, part in enumerate(ann.parts):
+                    part_of[mine & (self.part_owner == k)] = DENSE_CHANNELS["part"].index(part.name)
+            else:
+                colour_of[mine] = DENSE_CHANNELS["colour"].index(str(obj.colour))
+        return np.stack([self.semantic_map().astype(np.int16), part_of, colour_of])
 
     def panoptic_ids(self) -> np.ndarray:
         """int32 segment id per pixel: stuff category id, or THING_ID_OFFSET + object id."""
