@@ -220,3 +220,30 @@ def test_readers(tiny_dir):
     assert e.targets["seg"][0].shape == (64, 64) and e.targets["gen"][0].mask is e.targets["seg"][0]
     with pytest.raises(FileNotFoundError, match="generation.jsonl"):
         GenerationPairs(data_dir=str(tiny_dir))
+
+
+def test_prediction_type_of_a_from_scratch_unet(sd_dir):
+    """x0 ("sample") prediction trains on the clean image and samples with the same parameterisation;
+    a pretrained UNet keeps the prediction type it was trained with."""
+    from omniplug.data.generation import GenerationTarget
+
+    dec = _decoder(sd_dir, from_scratch=True, prediction_type="sample", num_inference_steps=2)
+    assert dec._train_scheduler.config.prediction_type == "sample"
+    assert dec._scheduler_config["prediction_type"] == "sample"
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    target = dec.prepare_target(GenerationTarget(image=image), None)
+    cond = torch.randn(1, SEQ, DIM)
+    out = dec(DecoderInput(prompts=cond, batch_index=torch.tensor([0]), batch_size=1))
+    with torch.no_grad():  # the loss is the MSE between the UNet's output and the clean latents
+        torch.manual_seed(0)
+        loss = dec.loss(out, [target])["diffusion"]
+        torch.manual_seed(0)
+        latents = dec.encode(target.pixels[None], sample=True)
+        noise = torch.randn_like(latents)
+        steps = torch.randint(0, dec._train_scheduler.config.num_train_timesteps, (1,))
+        noisy = dec._train_scheduler.add_noise(latents, noise, steps)
+        pred = dec.unet(noisy, steps, encoder_hidden_states=cond).sample
+    assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(pred, latents).item(), rel=1e-4)
+    assert dec.sample(cond).shape == (1, 3, 64, 64)
+    with pytest.raises(ConfigError, match="only applies to a UNet trained from scratch"):
+        _decoder(sd_dir, prediction_type="sample")

@@ -244,3 +244,22 @@ def test_config_errors_say_what_to_do():
         WorldConfig(size=32)
     with pytest.raises(ValueError, match="unknown hold-out colour"):
         WorldConfig(holdout=(("teal", "star"),))
+
+
+def test_shuffled_turns_ask_any_question_first(tmp_path):
+    """llava_json shuffle_turns: same exchanges, per-record order fixed by (seed, index), the image on the
+    first question; world conversations (which always open with a caption request) then open with others."""
+    from omniplug.data.world_tasks import WorldTaskDataset
+
+    root = tmp_path / "w"
+    plain = WorldTaskDataset(root=str(root), task="caption_vqa", n=8, seed=3)
+    mixed = WorldTaskDataset(root=str(root), task="caption_vqa", n=8, seed=3, options={"shuffle_turns": True})
+    firsts = set()
+    for i in range(len(plain)):
+        a, b = plain[i], mixed[i]
+        pairs = lambda s: sorted((s.turns[k].text, s.turns[k + 1].text) for k in range(0, len(s.turns), 2))  # noqa: E731
+        assert pairs(a) == pairs(b) and len(b.images) == 1
+        assert b.turns[0].images == 1 and sum(t.images for t in b.turns) == 1
+        assert [t.text for t in mixed[i].turns] == [t.text for t in b.turns]  # deterministic
+        firsts.add(b.turns[0].text == a.turns[0].text)
+    assert firsts == {True, False}

@@ -9,6 +9,12 @@ Format (LLaVA's ``llava_instruct_150k.json`` and friends)::
 ``image`` may be missing (text-only), a file name relative to ``image_dir``, or a list of them.
 Each ``<image>`` in a human turn places one image there (LLaVA puts them before the text); a
 sample with an image but no placeholder gets it in its first human turn.
+
+``shuffle_turns: true`` puts the question/answer exchanges of each record in a random order (fixed
+per record index and ``seed``, so a resumed run sees the same samples), the images moving to the new
+first question. For data whose conversations always open with the same kind of question (the
+world's open with a caption request): without it a model never sees the other questions asked
+first, and answers them as if asked for a caption.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from omniplug.data.conversation import IMAGE_PLACEHOLDER, Turn, split_image_placeholders
@@ -30,7 +37,7 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
 @DATASETS.register("llava_json")
 class LlavaJsonDataset(Dataset):
     def __init__(self, *, data_path: str, image_dir: str | None = None, max_samples: int | None = None,
-                 name: str = "llava_json") -> None:
+                 shuffle_turns: bool = False, seed: int = 0, name: str = "llava_json") -> None:
         path = Path(data_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"dataset llava_json: data_path {path} not found (a LLaVA conversation JSON file)")
@@ -44,6 +51,7 @@ class LlavaJsonDataset(Dataset):
         self.image_dir = Path(image_dir).expanduser() if image_dir else path.parent
         self.records = records[:max_samples] if max_samples is not None else records
         self.name = name
+        self.shuffle_turns, self.seed = shuffle_turns, seed
         for i, rec in enumerate(self.records[:1000]):  # cheap early check of the format
             self._check(rec, i)
 
@@ -84,5 +92,20 @@ class LlavaJsonDataset(Dataset):
         if placed != len(files):
             raise ValueError(f"dataset llava_json: {self.path} record {idx} (id {rec.get('id')!r}) places {placed} "
                              f"{IMAGE_PLACEHOLDER} but lists {len(files)} image file(s)")
+        if self.shuffle_turns:
+            turns = self._shuffled(turns, idx)
         images = [open_image(self.image_dir / f) for f in files]
         return Sample(turns=turns, images=images, meta={"dataset": self.name, "id": rec.get("id", idx)})
+
+    def _shuffled(self, turns: list[Turn], idx: int) -> list[Turn]:
+        """Exchanges (user, assistant) in a per-record random order; every image on the new first question."""
+        roles = [t.role for t in turns]
+        if len(turns) < 4 or len(turns) % 2 or roles != ["user", "assistant"] * (len(turns) // 2):
+            return turns  # not plain alternating exchanges: kept as written
+        n_images = sum(t.images for t in turns)
+        pairs = [turns[i: i + 2] for i in range(0, len(turns), 2)]
+        order = np.random.default_rng((self.seed, idx)).permutation(len(pairs))
+        out = [t for k in order for t in pairs[k]]
+        out = [Turn(role=t.role, text=t.text, images=0) if t.role == "user" else t for t in out]
+        out[0] = Turn(role="user", text=out[0].text, images=n_images)
+        return out
