@@ -131,3 +131,23 @@ def test_dense_heads_follow_train_mode(tiny_dir, world):
 def test_bad_dense_config_is_loud(tiny_dir, world, extra, message):
     with pytest.raises(ValueError, match=message):
         build_model(_config(tiny_dir, world, extra))
+
+
+def test_sam_dense_loss_reads_each_image_once(tiny_dir, world):
+    """A panoptic answer holds several <seg>: SAM's dense loss uses each sample's image embedding once."""
+    config = _config(tiny_dir, world, ["one_model.dense_loss_weights={seg: 1.0}",
+                                       f"dataset.w_pan={{type: world, root: {world}, task: panoptic, n: 6, seed: 3, "
+                                       f"dense_labels: true}}"])
+    torch.manual_seed(0)
+    model = build_model(config)
+    model.eval()
+    pan = build_dataset(config, "w_pan")
+    samples = [pan[0], build_dataset(config, "w_sem")[1], pan[1]]
+    batch = Collator(model, max_length=256)(samples)
+    with torch.no_grad():
+        out = model(batch)
+        sam = model.decoders["seg"]
+        embeds = sam.image_embeddings(batch.decoder_pixels["seg"].pixel_values)  # one per sample, in batch order
+        expected = model.dense_heads["seg"].loss(embeds, batch.label_maps)
+    assert len(out.decoder_outputs["seg"].batch_index) > 3  # several masks per panoptic sample
+    assert float(out.decoder_losses["dense/seg"]) == pytest.approx(float(expected), rel=1e-5)

@@ -203,11 +203,11 @@ class OneModel(nn.Module):
                 decoder_losses[f"{task}/{name}"] = weight * value
                 total = total + weight * value
             if task in self.dense_heads and batch.label_maps is not None:
-                rows = torch.unique(dec_out.batch_index)
+                rows, inverse = torch.unique(dec_out.batch_index, return_inverse=True)
                 feats = decoder.dense_features(dec_out)
                 if feats is not None:  # one feature map per image: the first occurrence of each sample
-                    first = torch.stack([(dec_out.batch_index == r).nonzero()[0, 0] for r in rows])
-                    feats = feats[first]
+                    first = torch.full((len(rows),), len(inverse), dtype=torch.long, device=inverse.device)
+                    feats = feats[first.scatter_reduce(0, inverse, torch.arange(len(inverse), device=inverse.device), "amin")]
                 value = self._dense_loss(task, feats, batch.label_maps[rows.to(batch.label_maps.device)])
                 if value is not None:
                     decoder_losses[f"dense/{task}"] = value

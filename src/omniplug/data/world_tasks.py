@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,7 +72,7 @@ def _reader(task: str, root: Path, options: dict[str, Any]) -> Dataset:
     return EditingTriples(data_dir=str(root), **options)
 
 
-def _image_name(task: str, meta: dict[str, Any]) -> str:
+def _image_name(meta: dict[str, Any]) -> str:
     """The scene file a sample's (first) image was read from."""
     if "file_name" in meta:
         return Path(meta["file_name"]).name
@@ -98,29 +99,23 @@ class WorldTaskDataset(Dataset):
     def __getitem__(self, idx: int):
         sample = self.reader[idx]
         if self.dense_labels and sample.images:
-            sample.label_map = self.label_map(_image_name(self.task, sample.meta))
+            sample.label_map = self.label_map(_image_name(sample.meta))
         return sample
 
     def label_map(self, name: str) -> np.ndarray:
-        from omniplug.data.world import Scene, render_scene
+        from omniplug.data.world import render_scene
 
-        lines = _scene_lines(self.root)
+        scenes = _scenes(self.root)
         index = int(Path(name).stem)
-        if not 0 <= index < len(lines):
+        if not 0 <= index < len(scenes):
             raise FileNotFoundError(f"dataset world: {self.root / 'scenes.jsonl'} has no scene {index} (image {name}); "
                                     f"regenerate the split (omniplug world generate)")
-        return render_scene(Scene.from_json(json.loads(lines[index]))).dense_labels()
+        return render_scene(scenes[index]).dense_labels()
 
 
-_SCENE_LINES: dict[Path, list[str]] = {}
+@lru_cache(maxsize=4)
+def _scenes(root: Path) -> list:
+    """The split's scenes, read once per process (shared by every task's dataset of that split)."""
+    from omniplug.data.world import read_scenes
 
-
-def _scene_lines(root: Path) -> list[str]:
-    """The split's scenes.jsonl, one line per scene, read once per process (shared by every task's dataset)."""
-    if root not in _SCENE_LINES:
-        path = root / "scenes.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(f"dataset world: {path} not found; dense_labels needs the scenes the split was "
-                                    f"generated from (omniplug world generate)")
-        _SCENE_LINES[root] = path.read_text().splitlines()
-    return _SCENE_LINES[root]
+    return read_scenes(root)
