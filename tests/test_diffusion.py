@@ -247,3 +247,50 @@ def test_prediction_type_of_a_from_scratch_unet(sd_dir):
     assert dec.sample(cond).shape == (1, 3, 64, 64)
     with pytest.raises(ConfigError, match="only applies to a UNet trained from scratch"):
         _decoder(sd_dir, prediction_type="sample")
+
+
+def test_pooled_conditioning_through_the_class_embedding(tmp_path_factory):
+    """A UNet with ``class_embed_type: projection`` gets the mean of the conditioning vectors through its class
+    embedding (added to the time embedding), in the loss and in sampling, guided or not; other class
+    conditioning and a width mismatch are loud configuration errors."""
+    from omniplug.data.generation import GenerationTarget
+    from omniplug.decoders.diffusion_tiny import CROSS_DIM, write_sd
+
+    root = tmp_path_factory.mktemp("sd_pooled")
+    path = write_sd(root / "pooled", pixel_space=True, text_encoder=False,
+                    unet_extra=dict(class_embed_type="projection", projection_class_embeddings_input_dim=CROSS_DIM))
+    dec = _decoder(path, vae="none", num_inference_steps=2, from_scratch=True, prediction_type="sample")
+    assert dec.pooled
+    cond = torch.randn(2, SEQ, DIM)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 500])
+    with torch.no_grad():
+        ours = dec._unet(x, t, cond)
+        direct = dec.unet(x, t, encoder_hidden_states=cond, class_labels=cond.mean(1)).sample
+        unpooled = dec.unet(x, t, encoder_hidden_states=cond, class_labels=torch.zeros(2, DIM)).sample
+    assert torch.equal(ours, direct) and not torch.allclose(ours, unpooled)
+    cond.requires_grad_(True)
+    target = dec.prepare_target(GenerationTarget(image=Image.new("RGB", (32, 32), (10, 200, 10))), None)
+    out = dec(DecoderInput(prompts=cond[:1], batch_index=torch.tensor([0]), batch_size=1))
+    dec.train()
+    dec.train_unet = True
+    dec.set_trainable()
+    dec.loss(out, [target])["diffusion"].backward()
+    assert dec.unet.class_embedding.linear_1.weight.grad.abs().sum() > 0 and cond.grad.abs().sum() > 0
+    dec.eval()
+    assert dec.sample(cond.detach()).shape == (2, 3, 32, 32)  # guided: uncond rows are pooled too
+    assert dec.sample(cond.detach(), guidance_scale=1.0).shape == (2, 3, 32, 32)
+
+    wrong = write_sd(root / "wrong", pixel_space=True, text_encoder=False,
+                     unet_extra=dict(class_embed_type="projection", projection_class_embeddings_input_dim=DIM + 1))
+    with pytest.raises(ConfigError, match="projection_class_embeddings_input_dim"):
+        _decoder(wrong, vae="none")
+    classes = write_sd(root / "classes", pixel_space=True, text_encoder=False, unet_extra=dict(num_class_embeds=10))
+    with pytest.raises(ConfigError, match="class conditioning"):
+        _decoder(classes, vae="none")
+    # pooled_conditioning: a UNet trained from scratch gets the class embedding; a pretrained one must have it
+    plain = write_sd(root / "plain", pixel_space=True, text_encoder=False)
+    scratch = _decoder(plain, vae="none", from_scratch=True, pooled_conditioning=True)
+    assert scratch.pooled and scratch.unet.config.projection_class_embeddings_input_dim == DIM
+    assert not _decoder(plain, vae="none", from_scratch=True).pooled
+    with pytest.raises(ConfigError, match="pooled_conditioning needs a UNet with class_embed_type"):
+        _decoder(plain, vae="none", pooled_conditioning=True)

@@ -51,18 +51,24 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def load_parts(path: str, *, vae: str | None, scheduler: str | None, text_encoder: str | None,
-               tokenizer: str, dtype: torch.dtype, from_scratch: bool = False) -> DiffusionParts:
+               tokenizer: str, dtype: torch.dtype, from_scratch: bool = False,
+               pooled_conditioning: bool = False) -> DiffusionParts:
+    """``pooled_conditioning`` (with ``from_scratch``): the UNet gets a projection class embedding as wide as
+    its cross-attention, for the pooled conditioning (``DiffusionDecoder._unet``)."""
     import diffusers
 
     what = "decoder diffusion"
     root = local_checkpoint(path, what=what, must_contain=("unet", "scheduler"))
-    def load(cls, folder: Path):
+    def load(cls, folder: Path, pooled: bool = False):
         if from_scratch:  # random initialisation from the folder's config.json (models trained from nothing)
-            model = cls.from_config(cls.load_config(str(folder)))
+            config = dict(cls.load_config(str(folder)))
+            if pooled:
+                config.update(class_embed_type="projection", projection_class_embeddings_input_dim=config["cross_attention_dim"])
+            model = cls.from_config(config)
             return model if dtype == torch.float32 else model.to(dtype)  # fp32 is from_config's own dtype
         return load_pretrained(cls, folder, torch_dtype=dtype)
 
-    unet = load(diffusers.UNet2DConditionModel, _sub(root, "unet", what))
+    unet = load(diffusers.UNet2DConditionModel, _sub(root, "unet", what), pooled_conditioning)
     vae_model = None
     if vae is not None:
         vae_model = load(diffusers.AutoencoderKL, _sub(root, vae, what, hint="or set vae: none for a pixel-space UNet"))

@@ -8,6 +8,12 @@ Conditioning
     Set ``seq_len`` to S. The vectors are the UNet's ``encoder_hidden_states`` directly: no text
     round trip, so the whole path trains end to end.
 
+Pooled conditioning (``pooled_conditioning``)
+    The mean of the S vectors also enters the UNet's class embedding (``class_embed_type:
+    projection``), which diffusers adds to the time embedding of every ResNet block, as SDXL adds its
+    pooled text embedding. A UNet trained from scratch gets that embedding with this option; a
+    checkpoint that has one uses it whatever the option says.
+
 Classifier-free guidance
     An unconditional embedding ``(S, D)``: learned (trained by replacing the condition with it with
     probability ``cond_dropout``; starts from the empty-prompt text embedding when a text encoder is
@@ -91,7 +97,8 @@ class DiffusionDecoder(Decoder):
                  mask_from: str | None = "seg", paste_back: bool = True,
                  dtype: Literal["float32", "float16", "bfloat16"] = "float32", freeze: bool = False,
                  from_scratch: bool = False,
-                 prediction_type: Literal["epsilon", "sample", "v_prediction"] | None = None) -> None:
+                 prediction_type: Literal["epsilon", "sample", "v_prediction"] | None = None,
+                 pooled_conditioning: bool = False) -> None:
         super().__init__()
         try:
             self.tokens = gen_tokens(token, num_tokens)
@@ -106,7 +113,8 @@ class DiffusionDecoder(Decoder):
         if vae == "none":
             vae = None
         p = parts.load_parts(model_name_or_path, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
-                             tokenizer=tokenizer, dtype=parts.torch_dtype(dtype), from_scratch=from_scratch)
+                             tokenizer=tokenizer, dtype=parts.torch_dtype(dtype), from_scratch=from_scratch,
+                             pooled_conditioning=pooled_conditioning)
         self.unet, self.vae, self.text_encoder, self.text_tokenizer = p.unet, p.vae, p.text_encoder, p.text_tokenizer
         self._scheduler_class, self._scheduler_config = p.scheduler_class, dict(p.scheduler_config)
         if prediction_type is not None:  # what the UNet predicts; a from-scratch UNet may pick it (a checkpoint's is fixed)
@@ -121,6 +129,18 @@ class DiffusionDecoder(Decoder):
             raise ConfigError("decoder diffusion: this UNet needs extra conditioning (guidance embedding or SDXL-style "
                               "added text/time embeddings); only Stable-Diffusion-1/2-style UNets are supported")
         self.prompt_dim = int(ucfg.cross_attention_dim)
+        self.pooled = ucfg.class_embed_type == "projection"  # pooled conditioning joins the time embedding
+        if pooled_conditioning and not self.pooled:
+            raise ConfigError(f"decoder diffusion: pooled_conditioning needs a UNet with class_embed_type: projection; "
+                              f"{model_name_or_path}'s UNet has none (a UNet trained from scratch gets one: "
+                              f"from_scratch: true)")
+        if ucfg.class_embed_type not in (None, "projection") or (ucfg.class_embed_type is None and ucfg.num_class_embeds):
+            raise ConfigError(f"decoder diffusion: the UNet's class conditioning ({ucfg.class_embed_type or 'num_class_embeds'}) "
+                              "is not supported; use class_embed_type: projection (pooled conditioning) or none")
+        if self.pooled and ucfg.projection_class_embeddings_input_dim != self.prompt_dim:
+            raise ConfigError(f"decoder diffusion: the UNet's projection_class_embeddings_input_dim is "
+                              f"{ucfg.projection_class_embeddings_input_dim} but the pooled conditioning is "
+                              f"{self.prompt_dim}-d (cross_attention_dim); set them equal")
         self.seq_len = seq_len or num_tokens
         self.latent_channels = int(self.vae.config.latent_channels) if self.vae is not None else int(ucfg.out_channels)
         self.inpainting = int(ucfg.in_channels) == 2 * self.latent_channels + 1
@@ -238,7 +258,7 @@ class DiffusionDecoder(Decoder):
         if self.training and self.cond_dropout > 0:
             drop = torch.rand(len(targets), device=device) < self.cond_dropout
             hidden = torch.where(drop[:, None, None], self.uncond.to(cond.dtype).expand_as(cond), cond)
-        pred = self.unet(noisy, steps, encoder_hidden_states=hidden.to(dtype)).sample
+        pred = self._unet(noisy, steps, hidden.to(dtype))
         kind = self._train_scheduler.config.prediction_type
         target = {"epsilon": noise, "sample": latents}.get(kind)
         if kind == "v_prediction":
@@ -250,6 +270,14 @@ class DiffusionDecoder(Decoder):
                 text = self.encode_text([targets[i].caption for i in captioned]).float()
             losses["align"] = self.align_loss_weight * F.mse_loss(cond[captioned].float(), text)
         return losses
+
+    def _unet(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """The UNet's prediction; a UNet with ``class_embed_type: projection`` also gets the mean of the S
+        conditioning vectors through its class embedding, added to the time embedding of every ResNet
+        block (as SDXL adds its pooled text embedding): a global route for what the picture holds, next
+        to cross-attention's local one."""
+        pooled = cond.mean(dim=1) if self.pooled else None
+        return self.unet(x, t, encoder_hidden_states=cond, class_labels=pooled).sample
 
     def _inpaint_inputs(self, targets: list[PreparedTarget], device: torch.device, dtype: torch.dtype) -> list[Tensor]:
         """Mask and masked-source latents for a 9-channel UNet; generation targets get mask 1, source 0."""
@@ -344,7 +372,7 @@ class DiffusionDecoder(Decoder):
             x = scheduler.scale_model_input(x, t)
             if self.inpainting:
                 x = torch.cat([x, *extra_inputs], dim=1)
-            noise_pred = self.unet(x, t, encoder_hidden_states=cond).sample
+            noise_pred = self._unet(x, t, cond)
             if cfg:
                 uncond_pred, cond_pred = noise_pred.chunk(2)
                 noise_pred = uncond_pred + guidance * (cond_pred - uncond_pred)
