@@ -264,7 +264,7 @@ def test_pooled_conditioning_through_the_class_embedding(tmp_path_factory):
     cond = torch.randn(2, SEQ, DIM)
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 500])
     with torch.no_grad():
-        ours = dec._unet(x, t, cond)
+        ours = dec.predict(x, t, cond)
         direct = dec.unet(x, t, encoder_hidden_states=cond, class_labels=cond.mean(1)).sample
         unpooled = dec.unet(x, t, encoder_hidden_states=cond, class_labels=torch.zeros(2, DIM)).sample
     assert torch.equal(ours, direct) and not torch.allclose(ours, unpooled)

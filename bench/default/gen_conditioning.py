@@ -66,7 +66,7 @@ def measure(config_path: str, overrides: list[str], *, n: int, dataset: str, see
             goal = scheduler.get_velocity(clean, noise, steps)
         errors = {}
         for name, c in (("own", cond), ("other", cond.roll(1, 0)), ("uncond", decoder.uncond.expand_as(cond))):
-            errors[name] = round(F.mse_loss(decoder._unet(noisy, steps, c), goal).item(), 5)
+            errors[name] = round(F.mse_loss(decoder.predict(noisy, steps, c), goal).item(), 5)
         errors["prompt_share"] = round(1 - errors["own"] / errors["other"], 4) if errors["other"] else 0.0
         result["use"][str(t)] = errors
     return result

@@ -54,7 +54,7 @@ def load_parts(path: str, *, vae: str | None, scheduler: str | None, text_encode
                tokenizer: str, dtype: torch.dtype, from_scratch: bool = False,
                pooled_conditioning: bool = False) -> DiffusionParts:
     """``pooled_conditioning`` (with ``from_scratch``): the UNet gets a projection class embedding as wide as
-    its cross-attention, for the pooled conditioning (``DiffusionDecoder._unet``)."""
+    its cross-attention, for the pooled conditioning (``DiffusionDecoder.predict``)."""
     import diffusers
 
     what = "decoder diffusion"
@@ -63,7 +63,8 @@ def load_parts(path: str, *, vae: str | None, scheduler: str | None, text_encode
         if from_scratch:  # random initialisation from the folder's config.json (models trained from nothing)
             config = dict(cls.load_config(str(folder)))
             if pooled:
-                config.update(class_embed_type="projection", projection_class_embeddings_input_dim=config["cross_attention_dim"])
+                config.update(class_embed_type="projection",
+                              projection_class_embeddings_input_dim=config["cross_attention_dim"])
             model = cls.from_config(config)
             return model if dtype == torch.float32 else model.to(dtype)  # fp32 is from_config's own dtype
         return load_pretrained(cls, folder, torch_dtype=dtype)

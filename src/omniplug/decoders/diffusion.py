@@ -258,7 +258,7 @@ class DiffusionDecoder(Decoder):
         if self.training and self.cond_dropout > 0:
             drop = torch.rand(len(targets), device=device) < self.cond_dropout
             hidden = torch.where(drop[:, None, None], self.uncond.to(cond.dtype).expand_as(cond), cond)
-        pred = self._unet(noisy, steps, hidden.to(dtype))
+        pred = self.predict(noisy, steps, hidden.to(dtype))
         kind = self._train_scheduler.config.prediction_type
         target = {"epsilon": noise, "sample": latents}.get(kind)
         if kind == "v_prediction":
@@ -271,9 +271,10 @@ class DiffusionDecoder(Decoder):
             losses["align"] = self.align_loss_weight * F.mse_loss(cond[captioned].float(), text)
         return losses
 
-    def _unet(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """The UNet's prediction; a UNet with ``class_embed_type: projection`` also gets the mean of the S
-        conditioning vectors through its class embedding, added to the time embedding of every ResNet
+    def predict(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """The UNet's prediction (noise, x0 or v, per ``prediction_type``) for (M, C, h, w) inputs ``x`` at
+        timesteps ``t`` under (M, S, D) conditioning ``cond``. A UNet with ``class_embed_type: projection``
+        also gets the mean of the S conditioning vectors through its class embedding, added to the time embedding of every ResNet
         block (as SDXL adds its pooled text embedding): a global route for what the picture holds, next
         to cross-attention's local one."""
         pooled = cond.mean(dim=1) if self.pooled else None
@@ -372,7 +373,7 @@ class DiffusionDecoder(Decoder):
             x = scheduler.scale_model_input(x, t)
             if self.inpainting:
                 x = torch.cat([x, *extra_inputs], dim=1)
-            noise_pred = self._unet(x, t, cond)
+            noise_pred = self.predict(x, t, cond)
             if cfg:
                 uncond_pred, cond_pred = noise_pred.chunk(2)
                 noise_pred = uncond_pred + guidance * (cond_pred - uncond_pred)
