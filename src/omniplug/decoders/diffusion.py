@@ -274,9 +274,9 @@ class DiffusionDecoder(Decoder):
     def predict(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """The UNet's prediction (noise, x0 or v, per ``prediction_type``) for (M, C, h, w) inputs ``x`` at
         timesteps ``t`` under (M, S, D) conditioning ``cond``. A UNet with ``class_embed_type: projection``
-        also gets the mean of the S conditioning vectors through its class embedding, added to the time embedding of every ResNet
-        block (as SDXL adds its pooled text embedding): a global route for what the picture holds, next
-        to cross-attention's local one."""
+        also gets the mean of the S conditioning vectors through its class embedding, added to the time
+        embedding of every ResNet block (as SDXL adds its pooled text embedding): a global route for what
+        the picture holds, next to cross-attention's local one."""
         pooled = cond.mean(dim=1) if self.pooled else None
         return self.unet(x, t, encoder_hidden_states=cond, class_labels=pooled).sample
 
