@@ -32,3 +32,24 @@ def test_shipped_default_model_loads_and_answers_offline(tmp_path):
     pipe = Pipeline.from_config(REPO / "configs" / "default" / "omni_tiny.yaml")
     response = pipe([tmp_path / "w" / "images" / "000000.png"], "Describe the image.", max_new_tokens=48)
     assert response.text.strip()
+
+
+def test_gen_conditioning_diagnostic_runs_on_the_shipped_model(tmp_path):
+    """bench/default/gen_conditioning.py measures spreads and the prompt share at every timestep."""
+    import importlib.util
+
+    import pytest
+
+    if not (REPO / "configs" / "default" / "weights" / "trainable.safetensors").is_file():
+        pytest.skip("the default model's weights are not committed yet")
+    spec = importlib.util.spec_from_file_location("gen_conditioning", REPO / "bench" / "default" / "gen_conditioning.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    overrides = [f"dataset.generation.root={tmp_path / 'w'}", "dataset.generation.n=6"]
+    result = module.measure(str(REPO / "configs" / "default" / "omni_tiny.yaml"), overrides, n=4, dataset="generation")
+    assert result["samples"] == 4
+    for part in ("hidden", "conditioning"):
+        assert 0 <= result[part]["spread"] <= 2 * result[part]["norm"]
+    assert set(result["use"]) == {str(t) for t in module.TIMESTEPS}
+    for errors in result["use"].values():
+        assert errors["own"] > 0 and errors["prompt_share"] == round(1 - errors["own"] / errors["other"], 4)
