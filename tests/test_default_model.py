@@ -53,3 +53,25 @@ def test_gen_conditioning_diagnostic_runs_on_the_shipped_model(tmp_path):
     assert set(result["use"]) == {str(t) for t in module.TIMESTEPS}
     for errors in result["use"].values():
         assert errors["own"] > 0 and errors["prompt_share"] == round(1 - errors["own"] / errors["other"], 4)
+
+
+def test_specialist_configs_keep_the_default_recipe():
+    """bench/default/specialists/*.yaml are the default model's recipe at 2,000 steps: modules, trainer
+    and one_model settings stay in step with configs/default/omni_tiny.yaml (only what a specialist drops
+    may differ)."""
+    import yaml
+
+    default = yaml.safe_load((REPO / "configs" / "default" / "omni_tiny.yaml").read_text())
+    for name, decoders in (("multi", {"seg", "gen"}), ("seg_only", {"seg"}), ("caption_only", set())):
+        spec = yaml.safe_load((REPO / "bench" / "default" / "specialists" / f"{name}.yaml").read_text())
+        for section in ("encoder", "projector", "tokenizer", "llm", "decoder"):
+            assert spec[section] == default[section], (name, section)
+        assert set(spec["one_model"].get("decoders", {})) == decoders
+        same = {k: v for k, v in default["one_model"].items()
+                if k not in ("decoders", "out_projector", "weights", "dense_loss_weights")}
+        assert {k: spec["one_model"][k] for k in same} == same, name
+        assert spec["one_model"]["weights"] is None
+        trainer = {k: v for k, v in default["trainer"].items() if k not in ("iters_per_epoch", "output_dir")}
+        assert {k: spec["trainer"][k] for k in trainer} == trainer and spec["trainer"]["iters_per_epoch"] == 2000
+        assert spec["data"]["max_length"] == default["data"]["max_length"]
+        assert spec["data"]["world_eval"]["seed"] == default["data"]["world_eval"]["seed"]
