@@ -57,6 +57,20 @@ def test_loss_is_weighted_mean_over_masks(sam):
         sam.loss(out, [ta])
 
 
+def test_validation_counts_score_thresholded_masks(sam):
+    # mask a: 2 of 3 predicted pixels are right, 1 gold pixel missed -> IoU 2/4; mask b: predicts nothing
+    a = torch.tensor([[5.0, 5.0, 5.0, -5.0]])
+    ta = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+    b = torch.full((2, 2), -0.1)  # soft probabilities near 0.5, but below the threshold: an empty mask
+    tb = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    out = SamOutput(batch_index=torch.tensor([0, 1]), mask_logits=[a, b], low_res_logits=torch.zeros(2, 4, 4),
+                    scores=torch.zeros(2))
+    counts = sam.validation_counts(out, [ta, tb])
+    assert counts["ciou"] == (2.0, 5.0)  # intersections 2 + 0 over unions 4 + 1
+    assert counts["giou"] == (0.5, 2.0)
+    assert counts["area_ratio"] == (3.0, 4.0)
+
+
 # --- the decoder on its own -----------------------------------------------------------------------
 def _images():
     rng = np.random.default_rng(0)

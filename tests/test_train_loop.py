@@ -138,3 +138,33 @@ def test_a_curriculum_trains_its_phases_in_order_and_resumes_across_them(tiny_di
     train(load_config(path, [*schedule, "trainer.save_every=2"]), stop_after_steps=3)
     train(load_config(path, [*schedule, "trainer.save_every=2", "trainer.resume_ckpt_path=auto"]))
     assert _without_time(_rows(cut_out)) == _without_time(rows)
+
+
+def test_validation_every_n_steps_keeps_resume_exact(tiny_dir, tmp_path):
+    # data.eval runs at steps 3 and 6 (trainer.eval_every) besides the epoch ends (4, 8); a run cut at step 5
+    # and resumed logs the same losses and validations as the uncut one
+    common = ["data.eval=[phrase_val]", "trainer.eval_every=3", "trainer.save_every=2", "trainer.batch_size_eval=5"]
+    full_out, cut_out = tmp_path / "full", tmp_path / "cut"
+    train(load_config(write_config(tiny_dir, tmp_path, out=full_out), common))
+    evals = [json.loads(line) for line in (full_out / "eval_metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [3, 4, 6, 8] and all(e["dataset"] == "phrase_val" for e in evals)
+    assert all("tst/mse" in e for e in evals)
+    path = write_config(tiny_dir, tmp_path, out=cut_out)
+    train(load_config(path, common), stop_after_steps=5)
+    train(load_config(path, [*common, "trainer.resume_ckpt_path=auto"]))
+    assert _without_time(_rows(cut_out)) == _without_time(_rows(full_out))
+    resumed = [json.loads(line) for line in (cut_out / "eval_metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in resumed] == [3, 4, 6, 8]
+    assert resumed[-1] == evals[-1]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.eval_every=5"], "data.eval names no dataset"),
+    (["data.eval=[phrase_val]", "trainer.eval_every=-1"], "eval_every must be >= 0"),
+])
+def test_bad_validation_schedules_are_refused(tiny_dir, tmp_path, overrides, message):
+    from omniplug.schema import ConfigError
+
+    path = write_config(tiny_dir, tmp_path, out=tmp_path / "out")
+    with pytest.raises(ConfigError, match=message):
+        train(load_config(path, overrides))

@@ -178,6 +178,12 @@ class Decoder(nn.Module, ABC):
         (``one_model.dense_loss_weights``); ``None`` when the decoder has none."""
         return None
 
+    def validation_counts(self, out: DecoderOutput, targets: list[Any]) -> dict[str, tuple[float, float]]:
+        """Quality figures for the training-time validation (teacher forced, next to the losses), as
+        ``name -> (numerator, denominator)`` that add up over batches and ranks (mask IoU: summed
+        intersection and union); the log shows ``numerator / denominator``. Default: none."""
+        return {}
+
 
 def count_params(module: nn.Module) -> tuple[int, int]:
     total = trainable = 0

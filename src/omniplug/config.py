@@ -120,6 +120,7 @@ class TrainerConfig:
     log_every: int = 1
     max_nonfinite_in_row: int = 5
     eval_max_samples: int | None = None
+    eval_every: int = 0  # optimizer steps between validations of data.eval (besides every epoch end); 0 = epoch ends only
     keep_last_checkpoints: int = 3  # complete checkpoints kept in output_dir/checkpoints (older ones are deleted)
     ddp_find_unused_parameters: bool = True  # decoders absent from a batch leave parameters without gradients
     zero_stage: Literal[0, 1, 2] | None = None  # DeepSpeed ZeRO stage via accelerate (CUDA only); None = plain DDP

@@ -189,6 +189,20 @@ class SamDecoder(Decoder):
         n = max(len(targets), 1)
         return {"bce": self.bce_loss_weight * bce / n, "dice": self.dice_loss_weight * dice / n}
 
+    def validation_counts(self, out: SamOutput, targets: list[Tensor]) -> dict[str, tuple[float, float]]:
+        """Thresholded masks against their targets: ``ciou`` (summed intersection / union), ``giou`` (mean
+        per-mask IoU) and ``area_ratio`` (predicted / target pixels). Soft BCE and DICE can look fine while
+        the thresholded masks are nearly empty (an under-confident decoder): ``area_ratio`` far below 1
+        shows it."""
+        inter = union = area = gold_area = iou = 0.0
+        for logits, target in zip(out.mask_logits, targets):
+            pred, gold = logits.detach() > self.mask_threshold, target.to(logits.device) > 0.5
+            i, u = float((pred & gold).sum()), float((pred | gold).sum())
+            inter, union, iou = inter + i, union + u, iou + (i / u if u else 1.0)
+            area, gold_area = area + float(pred.sum()), gold_area + float(gold.sum())
+        n = float(len(targets))
+        return {"ciou": (inter, union), "giou": (iou, n), "area_ratio": (area, gold_area)}
+
     def postprocess(self, out: SamOutput, inp: DecoderInput | None = None) -> list[Mask]:
         return [Mask(mask=(logits > self.mask_threshold).detach().cpu().numpy(), score=float(score))
                 for logits, score in zip(out.mask_logits, out.scores.detach().float().cpu())]

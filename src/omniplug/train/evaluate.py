@@ -36,32 +36,40 @@ from omniplug.train.accel import make_accelerator
 @torch.no_grad()
 def validation_loss(model, dataset, *, accelerator, batch_size: int, max_length: int,
                     max_samples: int | None = None) -> dict[str, float]:
-    """``{"loss": mean, "lm_loss": mean, "seg/bce": mean, ..., "samples": n}`` over ``dataset``.
+    """``{"loss": mean, "lm_loss": mean, "seg/bce": mean, "seg/ciou": ..., "samples": n}`` over ``dataset``.
 
-    Means are per sample over the samples that produced the term (a decoder term only exists
-    for batches containing that decoder's trigger)."""
+    Loss means are per sample over the samples that produced the term (a decoder term only exists
+    for batches containing that decoder's trigger); decoders' own figures (``Decoder.validation_counts``,
+    e.g. thresholded mask IoU) are summed numerators over summed denominators. The global random
+    generators are left as they were (a validation in the middle of training keeps resume exact)."""
     n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     mine = list(range(accelerator.process_index, n, accelerator.num_processes))
     sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
+    counts: dict[str, float] = defaultdict(float)
     was_training = model.training
     model.eval()
     try:
-        if mine:
-            loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
-                                collate_fn=Collator(model, max_length=max_length),
-                                generator=torch.Generator().manual_seed(0))  # keep the global generators untouched
-            for batch in loader:
-                out = model(batch.to(accelerator.device))
-                size = batch.input_ids.shape[0]
-                for key, value in out.scalars().items():
-                    sums[key] += value * size
-                    counts[key] += size
+        with torch.random.fork_rng(devices=_cuda_devices(accelerator.device)):
+            if mine:
+                loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
+                                    collate_fn=Collator(model, max_length=max_length),
+                                    generator=torch.Generator().manual_seed(0))  # keep the global generators untouched
+                for batch in loader:
+                    out = model(batch.to(accelerator.device))
+                    size = batch.input_ids.shape[0]
+                    for key, value in out.scalars().items():
+                        sums[key] += value * size
+                        counts[key] += size
+                    for task, dec_out in out.decoder_outputs.items():
+                        figures = model.decoders[task].validation_counts(dec_out, batch.targets[task])
+                        for key, (num, den) in figures.items():
+                            sums[f"{task}/{key}"] += num
+                            counts[f"{task}/{key}"] += den
     finally:
         model.train(was_training)
     parts = gather_object([(dict(sums), dict(counts))]) if accelerator.num_processes > 1 else [(sums, counts)]
     total_sums: dict[str, float] = defaultdict(float)
-    total_counts: dict[str, int] = defaultdict(int)
+    total_counts: dict[str, float] = defaultdict(float)
     for s, c in parts:
         for key in s:
             total_sums[key] += s[key]
@@ -71,6 +79,12 @@ def validation_loss(model, dataset, *, accelerator, batch_size: int, max_length:
     if not all(math.isfinite(v) for v in result.values()):
         accelerator.print("warning: the validation loss is not finite")
     return result
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA device whose generator ``fork_rng`` must also keep (none on CPU)."""
+    device = torch.device(device)
+    return [device.index or 0] if device.type == "cuda" else []
 
 
 def run_evaluation(config: Config) -> dict[str, dict[str, float]]:

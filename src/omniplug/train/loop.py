@@ -3,7 +3,8 @@
     build model (same seed on every rank) -> datasets -> mixture stream -> AdamW on trainable params
     -> resume (weights, optimizer, train state, per-rank RNG) -> accelerate.prepare
     -> for each optimizer step: lr from the schedule; grad_accum_steps micro-batches forward/backward;
-       clip; all ranks agree whether the loss was finite; step or skip; log; evaluate at epoch ends;
+       clip; all ranks agree whether the loss was finite; step or skip; log; evaluate at epoch ends (and every
+       trainer.eval_every steps);
        checkpoint every save_every steps
     -> final checkpoint, trainable weights in output_dir, loss curve, summary.
 
@@ -195,7 +196,7 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
                     f"the last good step; last complete checkpoint: {last_saved or 'none'}. Lower trainer.init_lr, "
                     f"check the data of these steps, or raise max_nonfinite_in_row")
 
-        if state.step % tc.iters_per_epoch == 0 and eval_sets:
+        if eval_sets and (state.step % tc.iters_per_epoch == 0 or (tc.eval_every and state.step % tc.eval_every == 0)):
             _evaluate_epoch(accelerator, raw_model, eval_sets, tc, config.data.max_length, log, out, state.step)
         save_pending |= state.step % save_every == 0 or state.step == total_steps
         if save_pending and state.nonfinite_in_row == 0:  # never checkpoint in the middle of a non-finite run
@@ -269,6 +270,12 @@ def _check_trainer(config: Config) -> None:
                 "log_every"):
         if getattr(tc, key) < 1:
             raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(tc, key)}")
+    for key in ("save_every", "eval_every"):
+        if getattr(tc, key) < 0:
+            raise ConfigError(f"trainer.{key} must be >= 0 (0 = once per epoch), got {getattr(tc, key)}")
+    if tc.eval_every and not config.data.eval:
+        raise ConfigError(f"trainer.eval_every={tc.eval_every} but data.eval names no dataset to validate on; "
+                          f"set data.eval: [dataset entries] or trainer.eval_every=0")
 
 
 def _clip(accelerator, model, trainable, max_norm: float | None) -> float:
