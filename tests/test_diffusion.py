@@ -220,6 +220,24 @@ def test_readers(tiny_dir):
     assert e.targets["seg"][0].shape == (64, 64) and e.targets["gen"][0].mask is e.targets["seg"][0]
     with pytest.raises(FileNotFoundError, match="generation.jsonl"):
         GenerationPairs(data_dir=str(tiny_dir))
+    assert s.targets["gen"][0].focus is None
+
+
+def test_generation_pairs_read_an_optional_focus_mask(tmp_path):
+    import json
+
+    from omniplug.data.generation import GenerationPairs
+
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(tmp_path / "a.png")
+    focus = np.zeros((8, 8), np.uint8)
+    focus[2:4, 5:7] = 255
+    Image.fromarray(focus).save(tmp_path / "a_focus.png")
+    rows = [{"image": "a.png", "caption": "a blue square", "focus": "a_focus.png"}, {"image": "a.png", "caption": "sky"}]
+    (tmp_path / "generation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = GenerationPairs(data_dir=str(tmp_path))
+    got = pairs[0].targets["gen"][0].focus
+    assert got.dtype == bool and np.array_equal(got, focus > 0) and "focus" not in pairs[0].meta
+    assert pairs[1].targets["gen"][0].focus is None
 
 
 def test_prediction_type_of_a_from_scratch_unet(sd_dir):
@@ -294,3 +312,46 @@ def test_pooled_conditioning_through_the_class_embedding(tmp_path_factory):
     assert not _decoder(plain, vae="none", from_scratch=True).pooled
     with pytest.raises(ConfigError, match="pooled_conditioning needs a UNet with class_embed_type"):
         _decoder(plain, vae="none", pooled_conditioning=True)
+
+
+def test_focus_weight_counts_the_described_pixels_more(sd_dir):
+    """``focus_weight`` W: the diffusion error inside a target's focus mask counts 1 + W times the error
+    outside (each image's weights average 1; latent cells take the share of their pixels in focus);
+    targets without a mask, and W = 0, give the plain mean."""
+    import torch.nn.functional as F
+
+    from omniplug.data.generation import GenerationTarget
+
+    dec = _decoder(sd_dir, from_scratch=True, prediction_type="sample", focus_weight=4.0)
+    focus = np.zeros((64, 64), bool)
+    focus[:, :16] = True  # a quarter of the image
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    with_focus = dec.prepare_target(GenerationTarget(image=image, focus=focus), None)
+    without = dec.prepare_target(GenerationTarget(image=image), None)
+    assert with_focus.focus.shape == (1, 64, 64) and without.focus is None
+    latent = (64 // dec.vae_factor,) * 2
+    weights = dec._focus_weights([with_focus, without], latent, torch.device("cpu"))
+    assert weights.shape == (2, 1, *latent)
+    assert torch.allclose(weights.mean(dim=(1, 2, 3)), torch.ones(2))
+    assert weights[0, 0, 0, 0] / weights[0, 0, 0, -1] == pytest.approx(5.0) and torch.all(weights[1] == 1)
+    assert dec._focus_weights([without], latent, torch.device("cpu")) is None
+
+    cond = torch.randn(2, SEQ, DIM)
+    out = dec(DecoderInput(prompts=cond, batch_index=torch.tensor([0, 1]), batch_size=2))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        loss = dec.loss(out, [with_focus, without])["diffusion"]
+        torch.manual_seed(0)
+        latents = dec.encode(torch.stack([with_focus.pixels, without.pixels]), sample=True)
+        noise = torch.randn_like(latents)
+        steps = torch.randint(0, dec._train_scheduler.config.num_train_timesteps, (2,))
+        pred = dec.unet(dec._train_scheduler.add_noise(latents, noise, steps), steps, encoder_hidden_states=cond).sample
+        error = (pred - latents).square()
+        plain = error.mean()
+    assert loss.item() == pytest.approx((weights * error).mean().item(), rel=1e-4)
+    assert loss.item() != pytest.approx(plain.item(), rel=1e-3)
+    # focus_weight 0 ignores the masks entirely (the recipe of runs trained before it existed)
+    off = _decoder(sd_dir, from_scratch=True, prediction_type="sample")
+    assert off.prepare_target(GenerationTarget(image=image, focus=focus), None).focus is None
+    with pytest.raises(ConfigError, match="focus_weight must be a finite number >= 0"):
+        _decoder(sd_dir, focus_weight=-1.0)

@@ -263,3 +263,22 @@ def test_shuffled_turns_ask_any_question_first(tmp_path):
         assert [t.text for t in mixed[i].turns] == [t.text for t in b.turns]  # deterministic
         firsts.add(b.turns[0].text == a.turns[0].text)
     assert firsts == {True, False}
+
+
+def test_generation_targets_carry_their_object_pixels(tmp_path):
+    """``object_focus``: a generation target's focus mask is its scene's visible objects (the pixels the
+    description is about); nothing else changes, and other tasks refuse the option."""
+    from omniplug.data.world import render_scene
+    from omniplug.data.world_tasks import WorldTaskDataset
+
+    root = tmp_path / "train"
+    plain = WorldTaskDataset(root=str(root), task="generation", n=4, seed=5)
+    focused = WorldTaskDataset(root=str(root), task="generation", n=4, seed=5, object_focus=True)
+    for i in range(len(focused)):
+        a, b = plain[i].targets["gen"][0], focused[i].targets["gen"][0]
+        assert a.focus is None and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        rendering = render_scene(Scene.from_json(focused[i].meta["scene"]))
+        assert np.array_equal(rendering.image, np.asarray(b.image))  # the record's scene is the target's
+        assert b.focus.dtype == bool and np.array_equal(b.focus, rendering.owner >= 0) and 0 < b.focus.mean() < 0.5
+    with pytest.raises(ValueError, match="object_focus is for task generation"):
+        WorldTaskDataset(root=str(root), task="referring", n=4, seed=5, object_focus=True)

@@ -36,6 +36,7 @@ class GenerationTarget:
     image: Image.Image | np.ndarray  # the image to generate (for edits: the edited image)
     caption: str | None = None  # text for the alignment loss (when the decoder has a text encoder)
     mask: np.ndarray | None = None  # (H, W) bool: for edits, the region that may change
+    focus: np.ndarray | None = None  # (H, W) bool: the pixels the description is about (diffusion focus_weight)
 
 
 def gen_tokens(token: str, num_tokens: int) -> list[str]:
@@ -107,8 +108,9 @@ class GenerationPairs(Dataset):
         caption = str(rec["caption"]).strip()
         prompt = draw_prompt(caption, self.prompts, index)
         turns = [Turn("user", prompt), Turn("assistant", self.answer.format(gen=self.gen))]
-        target = GenerationTarget(image=_rgb(self.root / rec["image"]), caption=caption)
-        meta = {k: v for k, v in rec.items() if k != "image"}
+        focus = _mask(self.root / rec["focus"]) if rec.get("focus") else None
+        target = GenerationTarget(image=_rgb(self.root / rec["image"]), caption=caption, focus=focus)
+        meta = {k: v for k, v in rec.items() if k not in ("image", "focus")}
         meta.update(dataset="generation_pairs", caption=caption, prompt=prompt)
         return Sample(turns=turns, targets={self.task: [target]}, meta=meta)
 

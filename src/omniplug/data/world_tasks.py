@@ -84,14 +84,20 @@ class WorldTaskDataset(Dataset):
     """``task`` picks the reader; ``options`` are passed to it (e.g. ``num_tokens`` for generation).
     ``dense_labels``: attach the scene's dense labels to every sample with an image, for dense
     perception heads (``omniplug.dense``): (3, H, W) category (``semantic_classes.json``, 12), part (8)
-    and colour (9) per pixel, rendered from ``scenes.jsonl`` (``Rendering.dense_labels``)."""
+    and colour (9) per pixel, rendered from ``scenes.jsonl`` (``Rendering.dense_labels``).
+    ``object_focus`` (task ``generation``): each target gets its scene's visible object pixels as
+    ``GenerationTarget.focus``, for a diffusion decoder's ``focus_weight``."""
 
     def __init__(self, *, root: str, task: WorldTask, split: str = "train", n: int = 2000, seed: int = 0,
-                 size: int = 64, options: dict[str, Any] | None = None, dense_labels: bool = False) -> None:
+                 size: int = 64, options: dict[str, Any] | None = None, dense_labels: bool = False,
+                 object_focus: bool = False) -> None:
+        if object_focus and task != "generation":
+            raise ValueError(f"dataset world: object_focus is for task generation (description -> image), not {task!r}")
         self.root = ensure_split(root=root, split=split, n=n, seed=seed, size=size)
         self.task = task
         self.reader = _reader(task, self.root, dict(options or {}))
         self.dense_labels = dense_labels
+        self.object_focus = object_focus
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -100,6 +106,13 @@ class WorldTaskDataset(Dataset):
         sample = self.reader[idx]
         if self.dense_labels and sample.images:
             sample.label_map = self.label_map(_image_name(sample.meta))
+        if self.object_focus:
+            from omniplug.data.world import render_scene
+            from omniplug.data.world.scene import Scene
+
+            focus = render_scene(Scene.from_json(sample.meta["scene"])).owner >= 0
+            for target in next(iter(sample.targets.values())):
+                target.focus = focus
         return sample
 
     def label_map(self, name: str) -> np.ndarray:

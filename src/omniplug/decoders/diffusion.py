@@ -24,7 +24,9 @@ Training (``loss``)
     ``diffusion``: noise-prediction MSE through the UNet (trainable when ``train_unet``; gradients
     reach the projector and LLM either way). ``align`` (only with ``text_encoder``): NExT-GPT's MSE
     between the projected embedding and the text encoder's embedding of the target caption padded
-    to S tokens. The VAE and the text encoder never train.
+    to S tokens. The VAE and the text encoder never train. ``focus_weight`` W: targets that carry a
+    focus mask (``GenerationTarget.focus``: the pixels the description is about, e.g. the world's
+    objects) count the error there 1 + W times the background's, each image's weights averaging 1.
 
 Inference (``postprocess``: sampling happens here, ``forward`` only conditions)
     The sampling loop is the one of diffusers' ``StableDiffusionPipeline`` (same noise, scheduler
@@ -41,6 +43,8 @@ Editing
 """
 
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -78,6 +82,7 @@ class PreparedTarget:
     caption: str | None
     mask: Tensor | None  # (1, H, W) in {0, 1}
     source: Tensor | None  # (3, H, W) in [-1, 1], the image being edited
+    focus: Tensor | None = None  # (1, H, W) in {0, 1}: the pixels the description is about (focus_weight)
 
 
 @DECODERS.register("diffusion")
@@ -98,7 +103,7 @@ class DiffusionDecoder(Decoder):
                  dtype: Literal["float32", "float16", "bfloat16"] = "float32", freeze: bool = False,
                  from_scratch: bool = False,
                  prediction_type: Literal["epsilon", "sample", "v_prediction"] | None = None,
-                 pooled_conditioning: bool = False) -> None:
+                 pooled_conditioning: bool = False, focus_weight: float = 0.0) -> None:
         super().__init__()
         try:
             self.tokens = gen_tokens(token, num_tokens)
@@ -106,6 +111,8 @@ class DiffusionDecoder(Decoder):
             raise ConfigError(f"decoder diffusion: {exc}") from None
         if seq_len is not None and seq_len < 1:
             raise ConfigError(f"decoder diffusion: seq_len must be >= 1, got {seq_len}")
+        if not (focus_weight >= 0.0 and math.isfinite(focus_weight)):
+            raise ConfigError(f"decoder diffusion: focus_weight must be a finite number >= 0, got {focus_weight}")
         if not 0.0 <= cond_dropout < 1.0:
             raise ConfigError(f"decoder diffusion: cond_dropout must be in [0, 1), got {cond_dropout}")
         if text_encoder is None and uncond_embedding == "empty_text":
@@ -168,6 +175,7 @@ class DiffusionDecoder(Decoder):
         self.learned_uncond = uncond_embedding == "learned"
         self.cond_dropout = cond_dropout if self.learned_uncond else 0.0
         self.diffusion_loss_weight, self.align_loss_weight = diffusion_loss_weight, align_loss_weight
+        self.focus_weight = float(focus_weight)
         self.train_unet, self.mask_from, self.paste_back, self.freeze = train_unet, mask_from, paste_back, freeze
 
     # --- configuration ---------------------------------------------------------------------------
@@ -217,7 +225,9 @@ class DiffusionDecoder(Decoder):
             if image is None:
                 raise ValueError("decoder diffusion: an edit target (with a mask) needs the sample's source image")
             source = self._pixels(image)
-        return PreparedTarget(pixels=self._pixels(target.image), caption=target.caption, mask=mask, source=source)
+        focus = self._mask(target.focus) if target.focus is not None and self.focus_weight else None
+        return PreparedTarget(pixels=self._pixels(target.image), caption=target.caption, mask=mask, source=source,
+                              focus=focus)
 
     def _pixels(self, image: Image.Image | np.ndarray) -> Tensor:
         im = Image.fromarray(np.asarray(image, dtype=np.uint8)) if isinstance(image, np.ndarray) else image
@@ -263,13 +273,33 @@ class DiffusionDecoder(Decoder):
         target = {"epsilon": noise, "sample": latents}.get(kind)
         if kind == "v_prediction":
             target = self._train_scheduler.get_velocity(latents, noise, steps)
-        losses = {"diffusion": self.diffusion_loss_weight * F.mse_loss(pred.float(), target.float())}
+        weights = self._focus_weights(targets, pred.shape[-2:], device)
+        if weights is None:
+            error = F.mse_loss(pred.float(), target.float())
+        else:
+            error = (weights * (pred.float() - target.float()).square()).mean()
+        losses = {"diffusion": self.diffusion_loss_weight * error}
         captioned = [i for i, t in enumerate(targets) if t.caption]
         if self.text_encoder is not None and captioned and self.align_loss_weight:
             with torch.no_grad():
                 text = self.encode_text([targets[i].caption for i in captioned]).float()
             losses["align"] = self.align_loss_weight * F.mse_loss(cond[captioned].float(), text)
         return losses
+
+    def _focus_weights(self, targets: list[PreparedTarget], size: tuple[int, int], device: torch.device) -> Tensor | None:
+        """(M, 1, h, w) per-pixel weights of the diffusion error, or None for the plain mean. With
+        ``focus_weight`` W, a pixel in its target's focus mask counts 1 + W times one outside it, and
+        each image's weights average 1 (the loss keeps its scale; images without a mask weigh uniformly).
+        Why: in a generated scene most of the error is background that no description predicts, so the
+        prompt's share of the gradient is small and a UNet trained from scratch learns to ignore it."""
+        if not self.focus_weight or all(t.focus is None for t in targets):
+            return None
+        focus = torch.stack([t.focus if t.focus is not None else torch.zeros(1, self.height, self.width)
+                             for t in targets]).to(device, torch.float32)
+        if tuple(focus.shape[-2:]) != tuple(size):  # latent space: the share of each cell that is in focus
+            focus = F.adaptive_avg_pool2d(focus, tuple(size))
+        weights = 1.0 + self.focus_weight * focus
+        return weights / weights.mean(dim=(1, 2, 3), keepdim=True)
 
     def predict(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """The UNet's prediction (noise, x0 or v, per ``prediction_type``) for (M, C, h, w) inputs ``x`` at
