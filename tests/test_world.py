@@ -282,3 +282,24 @@ def test_generation_targets_carry_their_object_pixels(tmp_path):
         assert b.focus.dtype == bool and np.array_equal(b.focus, rendering.owner >= 0) and 0 < b.focus.mean() < 0.5
     with pytest.raises(ValueError, match="object_focus is for task generation"):
         WorldTaskDataset(root=str(root), task="referring", n=4, seed=5, object_focus=True)
+
+
+def test_colour_score_gives_blobs_partial_credit(split_dir):
+    """``colour_score``: every generation pair's own image finds each described colour; a blob of the
+    described colour scores there but not as an object; the background alone scores nothing."""
+    from omniplug.data.world import analyse, colour_score
+    from omniplug.data.world.vocab import COLOURS as RGB
+
+    records = [json.loads(line) for line in (split_dir / "generation.jsonl").read_text().splitlines()]
+    for rec in records:
+        expected = expected_from_caption(rec["caption"])
+        assert colour_score(Image.open(split_dir / rec["image"]), expected).exact, rec["caption"]
+    expected = expected_from_caption("a small red star on grass under the sky")
+    sky = np.zeros((64, 64, 3), np.uint8)
+    sky[...] = (135, 206, 235)
+    blob = sky.copy()
+    yy, xx = np.mgrid[:64, :64]
+    blob[((yy - 30) ** 2 / 36 + (xx - 20) ** 2 / 9) <= 1] = RGB["red"]  # a red ellipse, not a star
+    assert colour_score(sky, expected).f1 == 0.0
+    assert colour_score(blob, expected).exact and not score_objects(detected=analyse(blob), expected=expected).exact
+    assert colour_score(blob, expected_from_caption("a house on grass under the sky")).f1 == 0.0

@@ -10,7 +10,8 @@ Every figure comes from the model's own answers (greedy generation), not teacher
   PQ = sum IoU(TP) / (TP + FP/2 + FN/2) per category, averaged over categories that occur);
   the model lists every region with its label, one ``<seg>`` each;
 * generation — the world's image analyser parses each generated image; ``exact`` = the image
-  holds exactly the captioned objects, ``object_f1`` = F1 of the objects found.
+  holds exactly the captioned objects, ``object_f1`` = F1 of the objects found; ``colour_f1`` (a
+  diagnostic, shapes ignored) = F1 of the described colours present as regions (``colour_score``).
 """
 
 from __future__ import annotations
@@ -232,13 +233,13 @@ def eval_panoptic(model, dataset, *, n: int, batch_size: int, vocabulary: Sequen
 # ---- generation ---------------------------------------------------------------------------------
 def eval_generation(model, data_dir: Path, *, n: int, batch_size: int) -> dict[str, float]:
     from omniplug.data.generation import draw_prompt
-    from omniplug.data.world import analyse, expected_from_caption, score_objects
+    from omniplug.data.world import analyse, colour_score, expected_from_caption, score_objects
 
     task = _gen_task(model)
     if task is None:
         return {}
     records = [json.loads(line) for line in (data_dir / "generation.jsonl").read_text().splitlines() if line.strip()][:n]
-    exact, f1s = 0, []
+    exact, f1s, colour_f1s = 0, [], []
     for chunk in _batches(records, batch_size):
         samples = [Sample(turns=[Turn("user", draw_prompt(r["caption"]))]) for r in chunk]
         gen = _answer(model, samples, max_new_tokens=16)
@@ -246,12 +247,14 @@ def eval_generation(model, data_dir: Path, *, n: int, batch_size: int) -> dict[s
             expected = expected_from_caption(rec["caption"])
             if not images:
                 f1s.append(0.0)
+                colour_f1s.append(0.0)
                 continue
             score = score_objects(detected=analyse(images[0]), expected=expected)
             exact += int(score.exact)
             f1s.append(score.f1)
+            colour_f1s.append(colour_score(images[0], expected).f1)
     return {"exact": exact / len(records) if records else 0.0, "object_f1": float(np.mean(f1s)) if f1s else 0.0,
-            "n": len(records)}
+            "colour_f1": float(np.mean(colour_f1s)) if colour_f1s else 0.0, "n": len(records)}
 
 
 # ---- everything ---------------------------------------------------------------------------------

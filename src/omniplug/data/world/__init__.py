@@ -15,8 +15,8 @@ Typical use::
 """
 
 from .analyser import (
-    AccuracyReport, DetectedObject, ExpectedObject, MatchScore, analyse, default_tolerance, expected_from_caption,
-    expected_from_scene, measure_accuracy, quantise, score_objects,
+    AccuracyReport, DetectedObject, ExpectedObject, MatchScore, analyse, colour_score, default_tolerance,
+    expected_from_caption, expected_from_scene, measure_accuracy, quantise, score_objects,
 )
 from .editing import Edit, edit_mask, sample_edit
 from .language import QA, DescribedObject, Referral, caption, parse_caption, referrals, vqa
@@ -34,7 +34,7 @@ __all__ = [
     "AccuracyReport", "CATEGORIES", "COLOURS", "DENSE_CHANNELS", "COMPOSITES", "DEFAULT_HOLDOUT", "DescribedObject", "DetectedObject",
     "Edit", "ExpectedObject", "MatchScore", "ObjectAnnotation", "PARTS", "PartAnnotation", "QA", "Query",
     "ReasonTarget", "Referral", "Rendering", "SEMANTIC_CLASSES", "SHAPES", "SIZES", "SPLITS", "STUFF", "Scene",
-    "SceneObject", "SplitSummary", "WORLD_VERSION", "Water", "WorldConfig", "analyse", "caption", "config_from_meta",
+    "SceneObject", "SplitSummary", "WORLD_VERSION", "Water", "WorldConfig", "analyse", "caption", "colour_score", "config_from_meta",
     "decode_rle", "default_tolerance", "edit_mask", "encode_rle", "evaluate", "expected_from_caption",
     "expected_from_scene", "fill_polygons", "mask_to_polygons", "measure_accuracy", "parse_caption", "quantise",
     "read_meta", "read_scenes", "reasoning_query", "referrals", "render_scene", "rgb_to_ids", "sample_edit",

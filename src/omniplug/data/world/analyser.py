@@ -283,6 +283,28 @@ def score_objects(*, detected: Sequence[DetectedObject | ExpectedObject],
     return MatchScore(tp=tp, fp=len(detected) - tp, fn=len(exp) - tp)
 
 
+def colour_score(image: Image.Image | np.ndarray, expected: Sequence[ExpectedObject], *,
+                 min_fraction: float = 0.4) -> MatchScore:
+    """Partial credit for a generated image, shapes ignored: are the described objects' colours there?
+
+    Expected: the colour of each described simple shape, and each composite's anchor part colour (wall,
+    crown, body), as a set. Found: every named object colour with a connected region of at least
+    ``min_fraction`` x the smallest small-shape template. A picture that draws the right colours as
+    blobs scores here but not in ``score_objects``; one picture for every prompt scores on neither.
+    """
+    labels = quantise(image)
+    w = labels.shape[1]
+    min_pixels = min_fraction * min(object_templates(s, SIZES[0], w)[0].area for s in SHAPES)
+    want = {e.colour if e.colour is not None else COMPOSITE_ANCHOR[e.category] for e in expected}
+    found = set()
+    for colour in list(COLOURS) + list(COMPOSITE_ANCHOR.values()):
+        comps, n = ndimage.label(labels == _INDEX[colour], structure=_EIGHT)
+        if n and np.bincount(comps.ravel())[1:].max() >= min_pixels:
+            found.add(colour)
+    tp = len(want & found)
+    return MatchScore(tp=tp, fp=len(found) - tp, fn=len(want) - tp)
+
+
 @dataclass(frozen=True)
 class AccuracyReport:
     scenes: int
