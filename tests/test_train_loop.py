@@ -141,8 +141,9 @@ def test_a_curriculum_trains_its_phases_in_order_and_resumes_across_them(tiny_di
 
 
 def test_validation_every_n_steps_keeps_resume_exact(tiny_dir, tmp_path):
-    # data.eval runs at steps 3 and 6 (trainer.eval_every) besides the epoch ends (4, 8); a run cut at step 5
-    # and resumed logs the same losses and validations as the uncut one
+    # data.eval runs at steps 3 and 6 (trainer.eval_every) besides the epoch ends (4, 8); a run cut at step 3
+    # (after its validation, before a checkpoint) and resumed from step 2 logs the same losses and validations
+    # as the uncut one, each validation once
     common = ["data.eval=[phrase_val]", "trainer.eval_every=3", "trainer.save_every=2", "trainer.batch_size_eval=5"]
     full_out, cut_out = tmp_path / "full", tmp_path / "cut"
     train(load_config(write_config(tiny_dir, tmp_path, out=full_out), common))
@@ -150,7 +151,8 @@ def test_validation_every_n_steps_keeps_resume_exact(tiny_dir, tmp_path):
     assert [e["step"] for e in evals] == [3, 4, 6, 8] and all(e["dataset"] == "phrase_val" for e in evals)
     assert all("tst/mse" in e for e in evals)
     path = write_config(tiny_dir, tmp_path, out=cut_out)
-    train(load_config(path, common), stop_after_steps=5)
+    train(load_config(path, common), stop_after_steps=3)
+    assert [json.loads(line)["step"] for line in (cut_out / "eval_metrics.jsonl").read_text().splitlines()] == [3]
     train(load_config(path, [*common, "trainer.resume_ckpt_path=auto"]))
     assert _without_time(_rows(cut_out)) == _without_time(_rows(full_out))
     resumed = [json.loads(line) for line in (cut_out / "eval_metrics.jsonl").read_text().splitlines()]

@@ -8,6 +8,7 @@ appear as columns the first time they occur; the file is rewritten with the wide
 from __future__ import annotations
 
 import csv
+import json
 import math
 import warnings
 from pathlib import Path
@@ -32,6 +33,10 @@ class MetricsLog:
                 reader = csv.DictReader(fh)
                 self.columns = list(reader.fieldnames or FIXED)
                 self.rows = [r for r in reader if int(r["step"]) <= resume_step]
+        evals = self.path.parent / "eval_metrics.jsonl"
+        if resume_step is not None and evals.is_file():  # validations after the checkpoint are redone too
+            kept = [line for line in evals.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
+            evals.write_text("".join(line + "\n" for line in kept))
         self._rewrite()
         self._tb = _tensorboard(Path(output_dir) / "tensorboard")
 
