@@ -181,6 +181,22 @@ def test_semantic_seg_all_present_classes_in_order(tmp_path):
         np.testing.assert_array_equal(mask, labels == value)
 
 
+def test_semantic_seg_shuffled_classes_come_first_in_turn(tmp_path):
+    labels = _semantic_dir(tmp_path)
+    def first_asked(seed):
+        return SemanticSegDataset(data_dir=str(tmp_path), classes_per_sample=None, shuffle_classes=True,
+                                  seed=seed)[0].meta["labels"][0]
+
+    assert {first_asked(seed) for seed in range(12)} == {"sky", "tree", "car"}  # each class is sometimes first
+    ds = SemanticSegDataset(data_dir=str(tmp_path), classes_per_sample=None, shuffle_classes=True, seed=3)
+    s, again = ds[0], ds[0]
+    assert s.meta["labels"] == again.meta["labels"]  # deterministic per seed and index
+    value = {"sky": 0, "tree": 1, "car": 2}
+    for name, mask in zip(s.meta["labels"], s.targets["seg"]):  # masks follow their questions
+        np.testing.assert_array_equal(mask, labels == value[name])
+    assert [t.images for t in s.turns if t.role == "user"] == [1, 0, 0]
+
+
 def test_semantic_seg_absent_class_has_empty_target(tmp_path):
     _semantic_dir(tmp_path)
     ds = SemanticSegDataset(data_dir=str(tmp_path), classes_per_sample=1, absent_per_sample=1,

@@ -9,7 +9,9 @@ Layout under ``data_dir`` (ADE20K / COCO-Stuff / Cityscapes after conversion to 
 One sample per image, a multi-turn conversation with one question per asked class (the first
 question carries the image), LISA's style: "What is {class_name} in this image? Please output
 segmentation mask." -> "It is <seg>.". ``classes_per_sample`` present classes are asked (``null``:
-all of them, in class order — what evaluation wants).
+all of them, in class order — what evaluation wants). ``shuffle_classes``: the asked classes in a random
+order per sample (fixed by seed and index), so every class is also asked first — as a user, or the
+eval, asks a single question.
 
 Absent classes (decision): with ``absent_per_sample: k`` the sample also asks about k classes that
 are *not* in the image; the answer says so and still holds ``<seg>``, whose target is an empty
@@ -39,7 +41,7 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 class SemanticSegDataset(Dataset):
     def __init__(self, *, data_dir: str, image_dir: str = "images", label_dir: str = "labels",
                  classes_file: str = "classes.json", ignore_index: int = 255, ignore_classes: tuple[str, ...] = (),
-                 classes_per_sample: int | None = 1, absent_per_sample: int = 0,
+                 classes_per_sample: int | None = 1, absent_per_sample: int = 0, shuffle_classes: bool = False,
                  question_templates: tuple[str, ...] = ("What is {class_name} in this image? Please output segmentation mask.",),
                  answer_templates: tuple[str, ...] = ("It is <seg>.",),
                  absent_answer_templates: tuple[str, ...] = ("There is no {class_name} in this image: <seg>.",),
@@ -75,6 +77,7 @@ class SemanticSegDataset(Dataset):
         self.ignore_index = ignore_index
         self.skip = {v for v, n in self.classes.items() if n in set(ignore_classes)}
         self.classes_per_sample, self.absent_per_sample = classes_per_sample, absent_per_sample
+        self.shuffle_classes = shuffle_classes
         self.questions, self.answers = tuple(question_templates), tuple(answer_templates)
         self.absent_answers = tuple(absent_answer_templates)
         self.seg_token, self.task, self.seed, self.name = seg_token, task, seed, name
@@ -103,7 +106,7 @@ class SemanticSegDataset(Dataset):
         asked = [(v, True) for v in present] + [(v, False) for v in absent]
         if not asked and absent_pool:  # nothing labelled to ask about: ask about one absent class
             asked = [(rng.choice(absent_pool), False)]
-        if absent:
+        if absent or self.shuffle_classes:
             rng.shuffle(asked)
         turns: list[Turn] = []
         masks: list[np.ndarray] = []
