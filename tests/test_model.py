@@ -318,3 +318,25 @@ def test_projector_output_norm_puts_image_tokens_at_the_word_embedding_scale():
     assert {k for k in normed.state_dict() if k.startswith("layers.")} == set(f"layers.{k}" for k in plain.layers.state_dict())
     with pytest.raises(ValueError, match="output_norm"):
         MLPProjector(in_features=32, out_features=64, output_norm=0.0)
+
+
+def test_module_seeds_keep_the_other_modules_initialisation(tiny_dir, tmp_path):
+    """``one_model.module_seeds``: resizing one module (the LLM's LoRA rank) leaves every other module's initial
+    weights and the global generator after the build as they were; without it, both move."""
+    path = tmp_path / "box.yaml"
+    path.write_text(_yaml(tiny_dir))
+
+    def build(*overrides):
+        torch.manual_seed(0)
+        model = build_model(path, list(overrides))
+        others = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("llm.")}
+        return others, torch.rand(4)
+
+    def same(a, b):
+        return a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0]) and torch.equal(a[1], b[1])
+
+    seeded = build("one_model.module_seeds=true")
+    assert same(seeded, build("one_model.module_seeds=true", "llm.tiny_llama.lora_r=8"))
+    assert not same(seeded, build("one_model.module_seeds=true", "trainer.seed=1"))  # the seed still decides
+    assert any(k.startswith("in_projector.") for k in seeded[0]) and any(k.startswith("out_projectors.") for k in seeded[0])
+    assert not same(build(), build("llm.tiny_llama.lora_r=8"))

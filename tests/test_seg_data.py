@@ -117,6 +117,21 @@ def test_refcoco_several_refs_in_one_answer_keep_order(refcoco_dir):
     np.testing.assert_array_equal(s.targets["seg"][1], expected[s.meta["ann_ids"][1]])
 
 
+def test_refcoco_several_refs_as_turns(refcoco_dir):
+    """``multi_turn``: one single-object question per ref (the image on the first), masks in turn order."""
+    root, expected = refcoco_dir
+    ds = RefCocoDataset(data_dir=str(root), split="val", refs_per_sample=2, multi_turn=True)
+    assert len(ds) == 2
+    s = ds[0]
+    assert [t.role for t in s.turns] == ["user", "assistant"] * 2 and [t.images for t in s.turns] == [1, 0, 0, 0]
+    for k, label in enumerate(s.meta["labels"]):
+        assert label in s.turns[2 * k].text and s.turns[2 * k + 1].text.count("<seg>") == 1
+        np.testing.assert_array_equal(s.targets["seg"][k], expected[s.meta["ann_ids"][k]])
+    assert [t.text for t in ds[0].turns] == [t.text for t in s.turns]  # deterministic
+    assert {tuple(RefCocoDataset(data_dir=str(root), split="val", refs_per_sample=2, multi_turn=True,
+                                 seed=seed)[0].meta["ann_ids"]) for seed in range(8)} == {(10, 11), (11, 10)}
+
+
 def test_refcoco_refuses_pickles_and_reports_missing_splits(refcoco_dir):
     root, _ = refcoco_dir
     (root / "refs(unc).p").write_bytes(b"\x80\x04N.")

@@ -303,3 +303,31 @@ def test_colour_score_gives_blobs_partial_credit(split_dir):
     assert colour_score(sky, expected).f1 == 0.0
     assert colour_score(blob, expected).exact and not score_objects(detected=analyse(blob), expected=expected).exact
     assert colour_score(blob, expected_from_caption("a house on grass under the sky")).f1 == 0.0
+
+
+def test_parts_per_sample_asks_several_parts_of_one_image(tmp_path):
+    """coco_parts ``parts_per_sample``: the same (whole, part) pairs and masks as one-per-sample, grouped by
+    image into multi-turn conversations (image on the first question), in a seeded order that lets any
+    pair come first."""
+    from omniplug.data.world_tasks import WorldTaskDataset
+
+    root = tmp_path / "w"
+    single = WorldTaskDataset(root=str(root), task="part", n=16, seed=3)
+    multi = WorldTaskDataset(root=str(root), task="part", n=16, seed=3, options={"parts_per_sample": 3})
+    want = sorted((s.meta["labels"][0], s.meta["whole"], s.targets["seg"][0].tobytes(), s.meta["file_name"])
+                  for s in (single[i] for i in range(len(single))))
+    got, firsts, sizes = [], set(), set()
+    for i in range(len(multi)):
+        s = multi[i]
+        assert len(s.images) == 1 and s.turns[0].images == 1 and sum(t.images for t in s.turns) == 1
+        assert len(s.turns) == 2 * len(s.targets["seg"]) and all(t.text.count("<seg>") == 1 for t in s.turns[1::2])
+        for k, (label, whole) in enumerate(zip(s.meta["labels"], s.meta["wholes"])):
+            assert f"{label} of {whole}" in s.turns[2 * k].text
+            got.append((label, whole, s.targets["seg"][k].tobytes(), s.meta["file_name"]))
+        assert [t.text for t in multi[i].turns] == [t.text for t in s.turns]  # deterministic
+        sizes.add(len(s.targets["seg"]))
+        firsts.add(s.meta["labels"][0])
+    assert sorted(got) == want and max(sizes) == 3 and len(multi) < len(single)
+    assert len(firsts) > 1
+    with pytest.raises(ValueError, match="parts_per_sample must be >= 1"):
+        WorldTaskDataset(root=str(root), task="part", n=16, seed=3, options={"parts_per_sample": 0})

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from omniplug.base import Decoder, Encoder, LanguageModel, Projector, Tokenizer
@@ -45,23 +49,29 @@ def build_model(config: Config | str | Path, overrides: list[str] | tuple[str, .
     if not isinstance(config, Config):
         config = load_config(config, overrides)
     om = config.one_model
+    seed = config.trainer.seed if om.module_seeds else None
     with shared_loads():
         tokenizer: Tokenizer = build_entry(config.entry("tokenizer", om.tokenizer, where="one_model.tokenizer"))
-        llm: LanguageModel = build_entry(config.entry("llm", om.llm, where="one_model.llm"))
+        with _init_rng(seed, "llm"):
+            llm: LanguageModel = build_entry(config.entry("llm", om.llm, where="one_model.llm"))
         encoder: Encoder | None = None
         in_projector: Projector | None = None
         if om.encoder:
-            encoder = build_entry(config.entry("encoder", om.encoder, where="one_model.encoder"))
+            with _init_rng(seed, "encoder"):
+                encoder = build_entry(config.entry("encoder", om.encoder, where="one_model.encoder"))
             pentry = config.entry("projector", om.in_projector, where="one_model.in_projector")
-            in_projector = build_entry(pentry, in_features=encoder.out_dim, out_features=llm.hidden_size)
+            with _init_rng(seed, "in_projector"):
+                in_projector = build_entry(pentry, in_features=encoder.out_dim, out_features=llm.hidden_size)
             _check_dims(pentry, in_projector, encoder.out_dim, llm.hidden_size, "encoder", "LLM")
         decoders: dict[str, Decoder] = {}
         for task, dentry in config.decoder_entries().items():
-            decoders[task] = build_entry(dentry)
+            with _init_rng(seed, f"decoder.{task}"):
+                decoders[task] = build_entry(dentry)
         _check_tokens(decoders, om.image_token)
         new_tokens = [om.image_token] + [tok for d in decoders.values() for tok in (*d.tokens, *d.extra_tokens)]
         new_token_ids = tokenizer.add_special_tokens(new_tokens)
-        llm.resize_token_embeddings(len(tokenizer))
+        with _init_rng(seed, "new_token_embeddings"):
+            llm.resize_token_embeddings(len(tokenizer))
         for decoder in decoders.values():
             decoder.bind_tokenizer(tokenizer)
         out_projectors: dict[str, nn.Module] = {}
@@ -76,15 +86,18 @@ def build_model(config: Config | str | Path, overrides: list[str] | tuple[str, .
                         f"one_model.out_projector is not set; add an out projector (e.g. type: mlp)"
                     )
                 continue
-            proj = build_entry(pentry, in_features=llm.hidden_size, out_features=decoder.prompt_dim)
+            with _init_rng(seed, f"out_projector.{task}"):
+                proj = build_entry(pentry, in_features=llm.hidden_size, out_features=decoder.prompt_dim)
             _check_dims(pentry, proj, llm.hidden_size, decoder.prompt_dim, "LLM", f"decoder {task!r}")
             out_projectors[task] = proj
-    model = OneModel(tokenizer=tokenizer, llm=llm, encoder=encoder, in_projector=in_projector, decoders=decoders,
-                     out_projectors=out_projectors, conv_type=om.conv_type, image_token=om.image_token,
-                     image_position=om.image_position,
-                     ce_loss_weight=om.ce_loss_weight, decoder_loss_weights=om.decoder_loss_weights,
-                     dense_classes=om.dense_classes, dense_loss_weights=om.dense_loss_weights)
-    apply_train_mode(model, om.train_mode, new_token_ids=new_token_ids)
+    with _init_rng(seed, "one_model"):  # the dense heads
+        model = OneModel(tokenizer=tokenizer, llm=llm, encoder=encoder, in_projector=in_projector, decoders=decoders,
+                         out_projectors=out_projectors, conv_type=om.conv_type, image_token=om.image_token,
+                         image_position=om.image_position,
+                         ce_loss_weight=om.ce_loss_weight, decoder_loss_weights=om.decoder_loss_weights,
+                         dense_classes=om.dense_classes, dense_loss_weights=om.dense_loss_weights)
+    with _init_rng(seed, "train_mode"):
+        apply_train_mode(model, om.train_mode, new_token_ids=new_token_ids)
     model.config = config  # type: ignore[assignment]
     if load_weights and om.weights:
         from omniplug.weights import load_trainable
@@ -109,6 +122,18 @@ def build_dataset(config: Config, name: str, *, splits: list[str] | None = None)
     from torch.utils.data import ConcatDataset
 
     return ConcatDataset(parts)
+
+
+@contextmanager
+def _init_rng(seed: int | None, place: str) -> Iterator[None]:
+    """``one_model.module_seeds``: the block draws its random numbers from torch's generator seeded by
+    (seed, place) and leaves the global generator as it found it. ``seed`` None: the block just runs."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(f"{seed}/{place}".encode()))
+        yield
 
 
 def _check_dims(entry: EntryConfig, proj: Any, in_dim: int, out_dim: int, src: str, dst: str) -> None:

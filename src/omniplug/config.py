@@ -89,6 +89,12 @@ class OneModelConfig:
     dense_loss_weights: dict[str, float] = field(default_factory=dict)
     image_token: str = "<image>"
     weights: str | None = None  # trainable.safetensors (or its directory) loaded after building
+    # each module's random initialisation from its own generator, seeded by (trainer.seed, its place in the model:
+    # llm, encoder, in_projector, decoder.TASK, out_projector.TASK, ...), and the global generator left as the
+    # trainer seeded it: swapping or resizing one module changes no other module's initial weights and not the
+    # training-time noise — one-module ablations compare like with like. Off by default (the shipped weights
+    # were trained without it).
+    module_seeds: bool = False
 
 
 @dataclass(frozen=True)

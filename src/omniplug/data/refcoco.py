@@ -12,7 +12,9 @@ Files under ``data_dir``:
 ``refs_per_sample: 1`` gives one sample per (ref, sentence): the question asks for one object, the
 answer holds one ``<seg>``. ``refs_per_sample: k > 1`` gives one sample per group of up to k refs of
 an image (one sentence each): "Please segment the a and the b." -> "the a: <seg>, the b: <seg>.",
-masks in that order.
+masks in that order. With ``multi_turn: true`` the group is asked as a multi-turn conversation instead,
+one expression per question (the first carries the image), in a random order fixed by seed and index —
+each question the single-object form evaluation asks, k masks for one image encoding.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _PICKLE_SUFFIXES = (".p", ".pkl", ".pickle")
 class RefCocoDataset(Dataset):
     def __init__(self, *, data_dir: str, split: str = "train", instances_file: str = "instances.json",
                  refs_file: str = "refs.json", image_dir: str = "images", refs_per_sample: int = 1,
+                 multi_turn: bool = False,
                  question_templates: tuple[str, ...] = sc.REFER_QUESTIONS, answer_templates: tuple[str, ...] = sc.ANSWERS,
                  multi_question_template: str = "Please segment the {sent}.",
                  multi_answer_item: str = "{sent}: <seg>", seg_token: str = "<seg>", task: str = "seg", seed: int = 0,
@@ -74,7 +77,7 @@ class RefCocoDataset(Dataset):
         self.image_dir = Path(image_dir).expanduser()
         if not self.image_dir.is_absolute():
             self.image_dir = root / self.image_dir
-        self.refs_per_sample = refs_per_sample
+        self.refs_per_sample, self.multi_turn = refs_per_sample, multi_turn
         self.questions, self.answers = tuple(question_templates), tuple(answer_templates)
         self.multi_question, self.multi_item = multi_question_template, multi_answer_item
         self.seg_token, self.task, self.seed, self.name = seg_token, task, seed, name
@@ -103,15 +106,19 @@ class RefCocoDataset(Dataset):
         if self.refs_per_sample == 1:
             ref_idx, sent_idx = item
             refs, sents = [self.refs[ref_idx]], [self.refs[ref_idx]["sentences"][sent_idx]]
-            phrase = sc.clean_phrase(sents[0]["sent"])
-            question = sc.fill(rng.choice(self.questions), sent=phrase)
-            answer = sc.with_token(rng.choice(self.answers), self.seg_token)
+            turns = self._one_turn(rng, sc.clean_phrase(sents[0]["sent"]), first=True)
+        elif self.multi_turn:
+            refs = [self.refs[i] for i in item]
+            rng.shuffle(refs)
+            sents = [rng.choice(r["sentences"]) for r in refs]
+            turns = [t for k, s in enumerate(sents) for t in self._one_turn(rng, sc.clean_phrase(s["sent"]), first=k == 0)]
         else:
             refs = [self.refs[i] for i in item]
             sents = [rng.choice(r["sentences"]) for r in refs]
             phrases = [sc.clean_phrase(s["sent"]) for s in sents]
             question = sc.fill(self.multi_question, sent=sc.join_phrases(phrases))
             answer = ", ".join(sc.with_token(self.multi_item.format(sent=p), self.seg_token) for p in phrases) + "."
+            turns = [Turn(role="user", text=question, images=1), Turn(role="assistant", text=answer)]
         info = self.images[refs[0]["image_id"]]
         image = open_image(self.image_dir / info["file_name"])
         masks = [self.mask(r) for r in refs]
@@ -122,8 +129,12 @@ class RefCocoDataset(Dataset):
                 "image_id": info["id"], "file_name": info["file_name"], "ref_ids": [r["ref_id"] for r in refs],
                 "ann_ids": [r["ann_id"] for r in refs], "labels": [sc.clean_phrase(s["sent"]) for s in sents],
                 "categories": [self.categories.get(r.get("category_id"), None) for r in refs]}
-        return Sample(turns=[Turn(role="user", text=question, images=1), Turn(role="assistant", text=answer)],
-                      images=[image], targets={self.task: masks}, meta=meta)
+        return Sample(turns=turns, images=[image], targets={self.task: masks}, meta=meta)
+
+    def _one_turn(self, rng, phrase: str, *, first: bool) -> list[Turn]:
+        question = sc.fill(rng.choice(self.questions), sent=phrase)
+        answer = sc.with_token(rng.choice(self.answers), self.seg_token)
+        return [Turn(role="user", text=question, images=1 if first else 0), Turn(role="assistant", text=answer)]
 
 
 def _read_json(path: Path, what: str):
