@@ -206,3 +206,90 @@ def test_seg_yaml_forward_backward_and_weights_round_trip(tiny_dir, tmp_path):
         again = fresh(batch).decoder_outputs["seg"].mask_logits
     for a, b in zip(ref, again):
         torch.testing.assert_close(a, b)
+
+
+# --- prompt-region alignment ----------------------------------------------------------------------
+def test_region_descriptors_place_the_target_like_the_image(tiny_dir):
+    """A target's descriptor averages the embedding grid where the mask lies inside SAM's padded input:
+    the left half of a square image -> the grid's left columns; a whole 1:2 image -> the grid's top rows."""
+    torch.manual_seed(0)
+    sam = SamDecoder(model_name_or_path=str(tiny_dir / "sam"), prompt_align_weight=1.0)
+    side = int(sam.model.config.vision_config.image_size)
+    c = sam.dense_width
+    pos = sam.model.get_image_wide_positional_embeddings()[0].detach()
+    g = pos.shape[-1]
+    embeds = torch.randn(2, c, g, g)
+    left = torch.zeros(side, side)
+    left[:, : side // 2] = 1
+    wide = torch.ones(side // 2, side)  # 1:2 image: resized to (side/2, side), padded below
+    out = SamOutput(batch_index=torch.tensor([0, 1]), mask_logits=[], low_res_logits=torch.zeros(2, 4, 4),
+                    scores=torch.zeros(2), image_embeddings=embeds, prompts=torch.zeros(2, c),
+                    input_sizes=[(side, side), (side // 2, side)])
+    desc = sam.region_descriptors(out, [left, wide])
+    torch.testing.assert_close(desc[0, :c], embeds[0, :, :, : g // 2].mean(dim=(1, 2)))
+    torch.testing.assert_close(desc[1, :c], embeds[1, :, : g // 2, :].mean(dim=(1, 2)))
+    torch.testing.assert_close(desc[1, c:], pos[:, : g // 2, :].mean(dim=(1, 2)))
+
+
+def test_align_loss_teaches_prompts_their_regions(tiny_dir):
+    """InfoNCE from random prompts starts at chance or worse; a few steps on the prompts and the head make every
+    prompt pick its own region; gradients reach the prompts but not the (detached) image embeddings.
+    Empty targets are left out; without the option there is no head and no term."""
+    torch.manual_seed(0)
+    sam = SamDecoder(model_name_or_path=str(tiny_dir / "sam"), prompt_align_weight=1.0)
+    side, c, m = int(sam.model.config.vision_config.image_size), sam.dense_width, 6
+    targets = []
+    for k in range(m):  # six disjoint vertical stripes
+        t = torch.zeros(side, side)
+        t[:, k * side // m:(k + 1) * side // m] = 1
+        targets.append(t)
+    g = sam.model.get_image_wide_positional_embeddings().shape[-1]
+    embeds = torch.randn(1, c, g, g).expand(m, -1, -1, -1).clone().requires_grad_(True)
+    prompts = torch.randn(m, c, requires_grad=True)
+
+    def output():
+        return SamOutput(batch_index=torch.zeros(m, dtype=torch.long), mask_logits=[torch.zeros(side, side)] * m,
+                         low_res_logits=torch.zeros(m, 4, 4), scores=torch.zeros(m), image_embeddings=embeds,
+                         prompts=prompts, input_sizes=[(side, side)] * m)
+
+    first = sam.align_loss(output(), targets)
+    assert first.item() > 0.5 * math.log(m)  # random prompts: no better than chance
+    first.backward()
+    assert prompts.grad is not None and prompts.grad.abs().sum() > 0 and embeds.grad is None
+    opt = torch.optim.Adam([prompts, *sam.align_head.parameters()], lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        loss = sam.align_loss(output(), targets)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first.item()
+    z = torch.nn.functional.normalize(sam.align_head(prompts), dim=-1)
+    r = torch.nn.functional.normalize(sam.region_descriptors(output(), targets), dim=-1)
+    assert torch.equal((z @ r.T).argmax(1), torch.arange(m))
+    assert "align" in sam.loss(output(), targets)
+    empty = [torch.zeros(side, side)] * (m - 1) + [targets[0]]
+    assert sam.align_loss(output(), empty).item() == 0.0  # one non-empty mask: nothing to contrast
+    plain = SamDecoder(model_name_or_path=str(tiny_dir / "sam"))
+    assert plain.align_head is None and "align" not in plain.loss(output(), targets)
+    with pytest.raises(ValueError, match="prompt_align_weight must be >= 0"):
+        SamDecoder(model_name_or_path=str(tiny_dir / "sam"), prompt_align_weight=-1.0)
+
+
+def test_align_term_through_yaml_reaches_the_llm_side(tiny_dir):
+    """``decoder.X.prompt_align_weight`` from YAML: the one model logs ``seg/align`` and its gradient reaches
+    the output projector (the LLM side), with every trainable parameter used."""
+    from omniplug.build import build_entry, build_model
+    from omniplug.config import load_config
+    from omniplug.data.collate import Collator
+
+    cfg = load_config(tiny_dir / "seg.yaml", ["one_model.conv_type=plain", "decoder.tiny_sam.prompt_align_weight=0.5"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    multi = build_entry(cfg.entry("dataset", "shapes_train", where="test"), refs_per_sample=3)
+    batch = Collator(model, max_length=cfg.data.max_length)([multi[0], multi[1]])
+    out = model(batch)
+    assert set(out.decoder_losses) == {"seg/bce", "seg/dice", "seg/align"} and out.decoder_losses["seg/align"] > 0
+    out.decoder_losses["seg/align"].backward()
+    named = dict(model.named_parameters())
+    assert named["out_projectors.seg.layers.0.weight"].grad.abs().sum() > 0
+    assert named["decoders.seg.align_head.weight"].requires_grad

@@ -8,6 +8,14 @@ decoder returns a single mask. Its low-resolution logits are upsampled to SAM's 
 cropped to the resized image and upsampled to the original image size (LISA's postprocess), where
 the loss is computed: ``bce_loss_weight * BCE + dice_loss_weight * DICE``, each the mean over masks.
 
+``prompt_align_weight > 0`` adds a prompt-region alignment term (InfoNCE over the batch's non-empty
+masks): a linear head maps each prompt onto its target region's descriptor — SAM's image embedding and
+image-wide positional encoding averaged over the target mask, detached — against every other mask's
+region. It gives the LLM a direct signal of *which* region a ``<seg>`` is about, independent of how
+far the mask decoder has come: trained from scratch, the ``<seg>`` states can otherwise collapse to one
+vector for every question (cosine ~0.998 between questions in the default world recipe's failed runs,
+``bench/default/README.md``), and the mask decoder then draws one generic blob.
+
 Preprocessing is SAM's own (``SamImageProcessorPil``: longest side to SAM's input size,
 ImageNet normalisation, zero padding to a square) and needs no torchvision.
 """
@@ -48,6 +56,8 @@ class SamOutput(DecoderOutput):
     low_res_logits: Tensor  # (M, h, w) mask-decoder output before upsampling
     scores: Tensor  # (M,) SAM's predicted IoU for each mask
     image_embeddings: Tensor | None = None  # (M, C, h, w) the image encoder's output each mask was decoded from
+    prompts: Tensor | None = None  # (M, C) the sparse prompt each mask was decoded from
+    input_sizes: list[tuple[int, int]] | None = None  # per mask: its image's (h, w) inside SAM's padded input
 
 
 def sigmoid_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -77,8 +87,8 @@ class SamDecoder(Decoder):
 
     def __init__(self, *, model_name_or_path: str, token: str = "<seg>", train_mask_decoder: bool = True,
                  freeze_image_encoder: bool = True, freeze_prompt_encoder: bool = True, mask_threshold: float = 0.0,
-                 bce_loss_weight: float = 2.0, dice_loss_weight: float = 0.5, freeze: bool = False,
-                 from_scratch: bool = False) -> None:
+                 bce_loss_weight: float = 2.0, dice_loss_weight: float = 0.5, prompt_align_weight: float = 0.0,
+                 prompt_align_temperature: float = 0.1, freeze: bool = False, from_scratch: bool = False) -> None:
         super().__init__()
         path = local_checkpoint(model_name_or_path, what="decoder sam")
         self.model: SamModel = init_from_config(SamModel, path) if from_scratch else load_pretrained(SamModel, path)
@@ -101,10 +111,19 @@ class SamDecoder(Decoder):
         self.mask_threshold = mask_threshold
         self.bce_loss_weight = bce_loss_weight
         self.dice_loss_weight = dice_loss_weight
+        if prompt_align_weight < 0 or prompt_align_temperature <= 0:
+            raise ValueError(f"decoder sam: prompt_align_weight must be >= 0 and prompt_align_temperature > 0, got "
+                             f"{prompt_align_weight} and {prompt_align_temperature}")
+        self.prompt_align_weight, self.prompt_align_temperature = prompt_align_weight, prompt_align_temperature
+        # prompt -> (embedding, position) descriptor of its region; built only when used, so checkpoints without
+        # the term keep their parameter set
+        self.align_head = nn.Linear(self.prompt_dim, 2 * self.dense_width) if prompt_align_weight > 0 else None
         self.freeze = freeze
 
     def set_trainable(self) -> None:
         self.model.requires_grad_(False)
+        if self.align_head is not None:
+            self.align_head.requires_grad_(not self.freeze)
         if self.freeze:
             return
         self.model.vision_encoder.requires_grad_(not self.freeze_image_encoder)
@@ -171,7 +190,8 @@ class SamDecoder(Decoder):
             logits.append(upsample_mask(low_res[i], padded=padded, input_size=pixels.input_sizes[b],
                                         original_size=pixels.original_sizes[b]))
         return SamOutput(batch_index=batch_index, mask_logits=logits, low_res_logits=low_res, scores=iou[:, 0, 0],
-                         image_embeddings=embeds)
+                         image_embeddings=embeds, prompts=sparse[:, 0, 0],
+                         input_sizes=[pixels.input_sizes[b] for b in batch_index.tolist()])
 
     def dense_features(self, out: SamOutput) -> Tensor | None:
         return out.image_embeddings
@@ -187,7 +207,42 @@ class SamDecoder(Decoder):
             bce = bce + sigmoid_bce_loss(logits[None].float(), target[None]).sum()
             dice = dice + dice_loss(logits[None].float(), target[None]).sum()
         n = max(len(targets), 1)
-        return {"bce": self.bce_loss_weight * bce / n, "dice": self.dice_loss_weight * dice / n}
+        losses = {"bce": self.bce_loss_weight * bce / n, "dice": self.dice_loss_weight * dice / n}
+        if self.align_head is not None and out.prompts is not None:
+            losses["align"] = self.prompt_align_weight * self.align_loss(out, targets)
+        return losses
+
+    def region_descriptors(self, out: SamOutput, targets: list[Tensor]) -> Tensor:
+        """(M, 2C): SAM's image embedding and its image-wide positional encoding, each averaged over the
+        target mask (placed like the image inside SAM's padded input, area-downsampled to the embedding grid)."""
+        if out.image_embeddings is None or out.input_sizes is None:
+            raise ValueError("decoder sam: region descriptors need the output's image_embeddings and input_sizes")
+        embeds = out.image_embeddings.detach().float()
+        grid = tuple(embeds.shape[-2:])
+        side = int(self.model.config.vision_config.image_size)
+        weights = []
+        for target, (h, w) in zip(targets, out.input_sizes):
+            t = F.interpolate(target.to(embeds.device, torch.float32)[None, None], size=(h, w), mode="bilinear",
+                              align_corners=False)
+            t = F.pad(t, (0, side - w, 0, side - h))
+            weights.append(F.adaptive_avg_pool2d(t, grid)[0, 0])
+        weight = torch.stack(weights)
+        weight = weight / weight.sum(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+        positional = self.model.get_image_wide_positional_embeddings()[0].detach().float()
+        return torch.cat([torch.einsum("mchw,mhw->mc", embeds, weight), torch.einsum("chw,mhw->mc", positional, weight)], -1)
+
+    def align_loss(self, out: SamOutput, targets: list[Tensor]) -> Tensor:
+        """Symmetric InfoNCE between the projected prompts and the region descriptors of the batch's
+        non-empty masks (each prompt's own region is its positive); 0 with fewer than two such masks."""
+        keep = [i for i, t in enumerate(targets) if float(t.sum()) > 0]
+        if len(keep) < 2:
+            return out.prompts.sum() * 0.0
+        idx = torch.tensor(keep, device=out.prompts.device)
+        regions = F.normalize(self.region_descriptors(out, [targets[i] for i in keep]), dim=-1)
+        z = F.normalize(self.align_head(out.prompts[idx].float()), dim=-1)
+        logits = z @ regions.T / self.prompt_align_temperature
+        labels = torch.arange(len(keep), device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
     def validation_counts(self, out: SamOutput, targets: list[Tensor]) -> dict[str, tuple[float, float]]:
         """Thresholded masks against their targets: ``ciou`` (summed intersection / union), ``giou`` (mean
