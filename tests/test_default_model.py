@@ -75,3 +75,32 @@ def test_specialist_configs_keep_the_default_recipe():
         assert {k: spec["trainer"][k] for k in trainer} == trainer and spec["trainer"]["iters_per_epoch"] == 2000
         assert spec["data"]["max_length"] == default["data"]["max_length"]
         assert spec["data"]["world_eval"]["seed"] == default["data"]["world_eval"]["seed"]
+
+
+def _same_paths(params: dict) -> dict:
+    """Config params with folder paths normalised (configs in different folders reach the same files)."""
+    import os
+
+    return {k: os.path.normpath(v) if isinstance(v, str) and "/" in v else v for k, v in params.items()}
+
+
+def test_v9_specialists_keep_the_shipped_recipe():
+    """bench/default/specialists/v9_*.yaml are the shipped default's modules, SAM settings and task data at its
+    5,000 steps (the full-budget comparison whose `multi` side is the shipped model)."""
+    from omniplug.config import load_config
+
+    default = load_config(REPO / "configs" / "default" / "omni_tiny.yaml")
+    for name, decoders, datasets in (("v9_seg_only", ("sam",), ("referring", "reasoning", "semantic", "part", "panoptic")),
+                                     ("v9_caption_only", (), ("caption_vqa",))):
+        spec = load_config(REPO / "bench" / "default" / "specialists" / f"{name}.yaml")
+        assert spec.trainer == default.trainer.__class__(**{**vars(default.trainer), "output_dir": spec.trainer.output_dir})
+        for kind in ("encoder", "llm", "projector", "tokenizer"):
+            for key, entry in spec.catalogues[kind].items():
+                assert _same_paths(entry.params) == _same_paths(default.catalogues[kind][key].params), (name, key)
+        for key in decoders:
+            ours, theirs = spec.catalogues["decoder"][key].params, default.catalogues["decoder"][key].params
+            assert _same_paths(ours) == _same_paths(theirs), (name, key)
+        for key in datasets:
+            ours, theirs = spec.catalogues["dataset"][key].params, default.catalogues["dataset"][key].params
+            assert _same_paths(ours) == _same_paths(theirs), (name, key)
+        assert set(spec.data.train) == set(datasets)
