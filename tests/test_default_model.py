@@ -104,3 +104,21 @@ def test_v9_specialists_keep_the_shipped_recipe():
             ours, theirs = spec.catalogues["dataset"][key].params, default.catalogues["dataset"][key].params
             assert _same_paths(ours) == _same_paths(theirs), (name, key)
         assert set(spec.data.train) == set(datasets)
+
+
+def test_patched_unet_recipe_builds_within_budget_and_its_folder_is_reproducible(tmp_path):
+    """bench/default/v11.yaml (the 4x4-patch UNet, base/sd_patch) builds within the 30 MB budget, and the
+    committed config-only folder is what ``omniplug.default_base.write_sd_patch`` writes."""
+    import json
+
+    from omniplug.default_base import write_sd_patch
+
+    model = build_model(REPO / "bench" / "default" / "v11.yaml", load_weights=False)
+    assert sum(p.numel() for p in model.parameters()) * 4 <= 30 * 2**20
+    gen = model.decoders["gen"]
+    assert (gen.patch, gen.latent_channels, gen.vae_factor, gen.height, gen.noise_repeats) == (4, 48, 4, 64, 8)
+    write_sd_patch(tmp_path / "sd_patch")
+    for part in ("unet/config.json", "scheduler/scheduler_config.json"):
+        ours = {k: v for k, v in json.loads((tmp_path / "sd_patch" / part).read_text()).items() if not k.startswith("_")}
+        shipped = json.loads((REPO / "configs" / "default" / "base" / "sd_patch" / part).read_text())
+        assert ours == {k: v for k, v in shipped.items() if not k.startswith("_")}

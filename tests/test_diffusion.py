@@ -355,3 +355,62 @@ def test_focus_weight_counts_the_described_pixels_more(sd_dir):
     assert off.prepare_target(GenerationTarget(image=image, focus=focus), None).focus is None
     with pytest.raises(ConfigError, match="focus_weight must be a finite number >= 0"):
         _decoder(sd_dir, focus_weight=-1.0)
+
+
+def test_patch_size_folds_pixels_into_channels(tmp_path_factory):
+    """``patch_size`` p: a pixel-space UNet works on p x p patches folded into 3 p^2 channels (16x fewer
+    UNet positions at p = 4): encoding is lossless, sampling gives full-size pixels, focus weights
+    weigh each folded pixel as itself; a UNet of the wrong width, or a VAE, is a clear error."""
+    import torch.nn.functional as F
+
+    from omniplug.data.generation import GenerationTarget
+    from omniplug.decoders.diffusion_tiny import write_sd
+
+    root = tmp_path_factory.mktemp("sd_patch")
+    dec = _decoder(write_sd(root / "p2", pixel_space=True, text_encoder=False, patch=2), vae="none", patch_size=2,
+                   num_inference_steps=2, from_scratch=True, prediction_type="sample", focus_weight=4.0)
+    assert (dec.latent_channels, dec.vae_factor, dec.height, dec.width) == (12, 2, 32, 32)
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    latents = dec.encode(pixels, sample=True)
+    assert latents.shape == (2, 12, 16, 16)
+    assert torch.equal(latents[0, :, 3, 5].view(3, 2, 2), pixels[0, :, 6:8, 10:12])  # one 2x2 patch per position
+    assert torch.allclose(dec.decode(latents), (pixels / 2 + 0.5).clamp(0, 1))
+    assert dec.sample(torch.randn(1, SEQ, DIM)).shape == (1, 3, 32, 32)
+
+    focus = np.zeros((32, 32), bool)
+    focus[:, :1] = True  # one pixel column: only the first column of each folded patch is in focus
+    target = dec.prepare_target(GenerationTarget(image=Image.new("RGB", (32, 32), (9, 9, 9)), focus=focus), None)
+    weights = dec._focus_weights([target], (16, 16), torch.device("cpu"))
+    back = F.pixel_shuffle(weights, 2)
+    assert back.shape == (1, 3, 32, 32) and torch.allclose(back.mean(), torch.tensor(1.0))
+    assert back[0, :, :, 0].unique().numel() == 1 and back[0, 0, 0, 0] / back[0, 0, 0, 1] == pytest.approx(5.0)
+    out = dec(DecoderInput(prompts=torch.randn(1, SEQ, DIM, requires_grad=True), batch_index=torch.tensor([0]),
+                           batch_size=1))
+    assert torch.isfinite(dec.loss(out, [target])["diffusion"])
+
+    with pytest.raises(ConfigError, match="must output 3 x 4\\^2 = 48 channels"):
+        _decoder(root / "p2", vae="none", patch_size=4)
+    with pytest.raises(ConfigError, match="patch_size 2 folds pixels into channels"):
+        _decoder(root / "p2", patch_size=2)
+
+
+def test_noise_repeats_noise_each_target_several_times(sd_dir):
+    """``noise_repeats`` R: one loss over R independent (noise, timestep) draws of every target under its
+    own conditioning — the same as R copies of the batch — with gradients back to the conditioning."""
+    from omniplug.data.generation import GenerationTarget
+
+    rep = _decoder(sd_dir, from_scratch=True, prediction_type="sample", noise_repeats=3).train()
+    one = _decoder(sd_dir, from_scratch=True, prediction_type="sample").train()
+    one.load_state_dict(rep.state_dict())
+    targets = [rep.prepare_target(GenerationTarget(image=Image.new("RGB", (64, 64), c)), None)
+               for c in ((200, 30, 30), (30, 30, 200))]
+    cond = torch.randn(2, SEQ, DIM, requires_grad=True)
+    torch.manual_seed(0)
+    loss = rep.loss(rep(DecoderInput(prompts=cond, batch_index=torch.tensor([0, 1]), batch_size=2)), targets)["diffusion"]
+    torch.manual_seed(0)
+    copies = one(DecoderInput(prompts=cond.repeat(3, 1, 1), batch_index=torch.arange(6), batch_size=6))
+    assert loss.item() == pytest.approx(one.loss(copies, targets * 3)["diffusion"].item(), rel=1e-5)
+    loss.backward()
+    assert cond.grad is not None and cond.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="noise_repeats must be >= 1"):
+        _decoder(sd_dir, noise_repeats=0)

@@ -87,6 +87,8 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--base", default=str(ROOT / "configs/default/base/sd"), help="the SD-layout folder of the UNet")
+    ap.add_argument("--patch", type=int, default=1, help="the decoder's patch_size (the UNet must take 3 x patch^2 channels)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--grid", default=None, help="PNG of the last evaluation's first 16 samples")
     args = ap.parse_args()
@@ -94,7 +96,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
-    dec = DiffusionDecoder(model_name_or_path=str(ROOT / "configs/default/base/sd"), from_scratch=True, vae=None,
+    dec = DiffusionDecoder(model_name_or_path=args.base, from_scratch=True, vae=None, patch_size=args.patch,
                            num_tokens=4, seq_len=8, train_unet=True, scheduler="ddim", num_inference_steps=25,
                            guidance_scale=args.guidance, prediction_type="sample", pooled_conditioning=args.pooled)
     dec.set_trainable()
@@ -107,13 +109,16 @@ def main() -> None:
     history, start = [], time.time()
     for step in range(1, args.steps + 1):
         batch = [train[int(i)] for i in rng.integers(len(train), size=args.batch)]
-        x0 = torch.stack([dec._pixels(Image.open(ROOT / "data/world/train" / r["image"])) for r in batch])
+        x0 = dec.encode(torch.stack([dec._pixels(Image.open(ROOT / "data/world/train" / r["image"])) for r in batch]),
+                        sample=False)
         c = cond([r["caption"] for r in batch])
         drop = torch.rand(len(batch)) < dec.cond_dropout
         c = torch.where(drop[:, None, None], dec.uncond.expand_as(c), c)
         t = torch.randint(0, sch.config.num_train_timesteps, (len(batch),))
         noisy = sch.add_noise(x0, torch.randn_like(x0), t)
         err = (dec.predict(noisy, t, c) - x0).pow(2)
+        if args.patch > 1:  # back to pixels, where the foreground weights live
+            err = F.pixel_shuffle(err, args.patch)
         if args.fg_weight:
             fg = torch.from_numpy(np.stack([foreground(r) for r in batch])).float()[:, None]
             err = err * (1 + args.fg_weight * fg) / (1 + args.fg_weight * fg.mean())

@@ -38,16 +38,17 @@ def unet_config(*, in_channels: int = 4, sample_size: int = SIZE // 8) -> dict:
 
 
 def write_sd(out: Path, *, seed: int = 0, inpainting: bool = False, pixel_space: bool = False,
-             text_encoder: bool = True, unet_extra: dict | None = None) -> Path:
+             text_encoder: bool = True, unet_extra: dict | None = None, patch: int = 1) -> Path:
     """A random SD-layout directory. ``inpainting``: a 9-channel UNet; ``pixel_space``: no VAE, the
-    UNet works on 3-channel pixels at 32 px; ``unet_extra``: more UNet config keys (pixel space only),
-    e.g. ``class_embed_type``."""
+    UNet works on 3-channel pixels at 32 px (``patch`` p > 1: on p x p patches folded into 3 p^2
+    channels, for the decoder's ``patch_size``); ``unet_extra``: more UNet config keys (pixel space
+    only), e.g. ``class_embed_type``."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
     if pixel_space:  # 32 px; three levels with attention only at 8x8 keep it cheap on CPU
-        cfg = unet_config(in_channels=3, sample_size=32)
-        cfg.update(out_channels=3, block_out_channels=(16, 32, 64),
+        cfg = unet_config(in_channels=3 * patch ** 2, sample_size=32 // patch)
+        cfg.update(out_channels=3 * patch ** 2, block_out_channels=(16, 32, 64),
                    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"), **(unet_extra or {}))
         UNet2DConditionModel(**cfg).save_pretrained(str(out / "unet"))
