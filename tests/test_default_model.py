@@ -45,7 +45,7 @@ def test_gen_conditioning_diagnostic_runs_on_the_shipped_model(tmp_path):
     spec = importlib.util.spec_from_file_location("gen_conditioning", REPO / "bench" / "default" / "gen_conditioning.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    overrides = [f"dataset.generation.root={tmp_path / 'w'}", "dataset.generation.n=6"]
+    overrides = [f"dataset.generation.root={tmp_path / 'w'}", "dataset.generation.n=24"]
     result = module.measure(str(REPO / "configs" / "default" / "omni_tiny.yaml"), overrides, n=4, dataset="generation")
     assert result["samples"] == 4
     for part in ("hidden", "conditioning"):
@@ -53,6 +53,16 @@ def test_gen_conditioning_diagnostic_runs_on_the_shipped_model(tmp_path):
     assert set(result["use"]) == {str(t) for t in module.TIMESTEPS}
     for errors in result["use"].values():
         assert errors["own"] > 0 and errors["prompt_share"] == round(1 - errors["own"] / errors["other"], 4)
+    content = module.content(str(REPO / "configs" / "default" / "omni_tiny.yaml"), overrides, n=24, dataset="generation",
+                             batch_size=8)
+    assert content["prompts"] == 24 and all(0.0 <= content[k] <= 1.0 for k in ("hidden", "conditioning"))
+    # the read-out itself: features that carry the labels read out perfectly, pure noise near chance
+    import torch
+
+    torch.manual_seed(0)
+    labels = (torch.rand(400, 5) > 0.5).float()
+    assert module._readout(torch.cat([labels, torch.randn(400, 20)], 1) * 3, labels, fit=300, ridge=1.0) == 1.0
+    assert abs(module._readout(torch.randn(400, 20), labels, fit=300) - 0.5) < 0.1
 
 
 def test_specialist_configs_keep_the_default_recipe():

@@ -5,6 +5,10 @@
    ignores its input has a conditioning spread near 0 while the hiddens still vary.
 2. use — the UNet's x0 / noise error at fixed timesteps with each sample's own conditioning, with another
    sample's (rolled by one) and with the unconditional embedding. Equal errors: the UNet ignores the prompt.
+3. content (``--content N``) — does the conditioning say what the picture holds? A ridge read-out from the
+   ``<gen>`` hidden states, and from the projected conditioning, to the described colours and categories
+   (multi-hot, from the caption), fitted on 3/4 of N prompts and scored on the rest: balanced accuracy per
+   attribute, averaged (0.5: nothing; 1: everything). A varied conditioning can still say nothing usable.
 
     python bench/default/gen_conditioning.py [--config configs/default/omni_tiny.yaml] [--n 32] [overrides ...]
 
@@ -72,15 +76,70 @@ def measure(config_path: str, overrides: list[str], *, n: int, dataset: str, see
     return result
 
 
+def _labels(captions: list[str]) -> torch.Tensor:
+    from omniplug.data.world import expected_from_caption
+    from omniplug.data.world.vocab import COLOURS, COMPOSITES, SHAPES
+
+    names = [*COLOURS, *SHAPES, *COMPOSITES]
+    rows = []
+    for caption in captions:
+        present = {o.colour for o in expected_from_caption(caption)} | {o.category for o in expected_from_caption(caption)}
+        rows.append([float(n in present) for n in names])
+    return torch.tensor(rows)
+
+
+def _readout(x: torch.Tensor, y: torch.Tensor, fit: int, ridge: float = 100.0) -> float:
+    """Mean balanced accuracy of a ridge read-out x -> y, fitted on the first ``fit`` rows."""
+    mean, std = x[:fit].mean(0), x[:fit].std(0) + 1e-6
+    x = torch.cat([(x - mean) / std, torch.ones(len(x), 1)], dim=1).double()
+    a, b = x[:fit], y[:fit].double()
+    w = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype), a.T @ b)
+    pred, gold = (x[fit:] @ w) > 0.5, y[fit:] > 0.5
+    scores = []
+    for j in range(y.shape[1]):
+        pos, neg = gold[:, j], ~gold[:, j]
+        if pos.any() and neg.any():
+            scores.append(0.5 * ((pred[pos, j]).double().mean() + (~pred[neg, j]).double().mean()).item())
+    return round(sum(scores) / len(scores), 4) if scores else 0.0
+
+
+@torch.no_grad()
+def content(config_path: str, overrides: list[str], *, n: int, dataset: str, batch_size: int = 32) -> dict:
+    config = load_config(config_path, overrides)
+    model = build_model(config).eval()
+    task = next(t for t, d in model.decoders.items() if d.output_kind == "images")
+    data = build_dataset(config, dataset)
+    collate = Collator(model, max_length=config.data.max_length)
+    hiddens, conds, captions = [], [], []
+    for start in range(0, n, batch_size):
+        batch = collate([data[i] for i in range(start, min(n, start + batch_size))])
+        embeds, _ = model.embed_inputs(batch.input_ids, batch.pixel_values)
+        out = model.llm(embeds, batch.attention_mask, labels=None)
+        b_idx, pos = model.trigger_occurrences(batch.input_ids, task)
+        hidden = out.hidden_states[b_idx.unsqueeze(1), pos]
+        cond = model.out_projectors[task](hidden) if task in model.out_projectors else hidden
+        hiddens.append(hidden.flatten(1))
+        conds.append(cond.flatten(1))
+        captions += [t.caption for t in batch.targets[task]]
+    y = _labels(captions)
+    fit = 3 * len(captions) // 4
+    return {"prompts": len(captions), "hidden": _readout(torch.cat(hiddens), y, fit),
+            "conditioning": _readout(torch.cat(conds), y, fit)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/default/omni_tiny.yaml")
     ap.add_argument("--dataset", default="generation", help="a generation dataset of the config")
     ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--content", type=int, default=0, metavar="N",
+                    help="also the content read-out on N prompts (e.g. 512)")
     ap.add_argument("--out", default=None)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     result = measure(args.config, args.overrides, n=args.n, dataset=args.dataset)
+    if args.content:
+        result["content"] = content(args.config, args.overrides, n=args.content, dataset=args.dataset)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

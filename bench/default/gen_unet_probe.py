@@ -12,6 +12,9 @@ rendered from the record): the picture's error is mostly sky and grass, which no
 
     python bench/default/gen_unet_probe.py --steps 1500 --json bench/default/gen_unet_probe_plain.json
     python bench/default/gen_unet_probe.py --steps 1500 --fg-weight 4 --json bench/default/gen_unet_probe_fg4.json
+    # the 4x4-patch UNet (decoder patch_size: 4), two threads; --pred picks what the UNet predicts
+    python bench/default/gen_unet_probe.py --base configs/default/base/sd_patch --patch 4 --fg-weight 4 --threads 2 \
+        --steps 3000 --pred sample --json bench/default/gen_unet_probe_patch4.json
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--base", default=str(ROOT / "configs/default/base/sd"), help="the SD-layout folder of the UNet")
     ap.add_argument("--patch", type=int, default=1, help="the decoder's patch_size (the UNet must take 3 x patch^2 channels)")
+    ap.add_argument("--pred", default="sample", choices=["sample", "epsilon", "v_prediction"],
+                    help="what the UNet predicts (the decoder's prediction_type)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--grid", default=None, help="PNG of the last evaluation's first 16 samples")
     args = ap.parse_args()
@@ -98,7 +103,7 @@ def main() -> None:
 
     dec = DiffusionDecoder(model_name_or_path=args.base, from_scratch=True, vae=None, patch_size=args.patch,
                            num_tokens=4, seq_len=8, train_unet=True, scheduler="ddim", num_inference_steps=25,
-                           guidance_scale=args.guidance, prediction_type="sample", pooled_conditioning=args.pooled)
+                           guidance_scale=args.guidance, prediction_type=args.pred, pooled_conditioning=args.pooled)
     dec.set_trainable()
     cond = PerfectConditioning(dec.prompt_dim, dec.seq_len)
     train, val = records("train"), records("val")[: args.val]
@@ -115,8 +120,12 @@ def main() -> None:
         drop = torch.rand(len(batch)) < dec.cond_dropout
         c = torch.where(drop[:, None, None], dec.uncond.expand_as(c), c)
         t = torch.randint(0, sch.config.num_train_timesteps, (len(batch),))
-        noisy = sch.add_noise(x0, torch.randn_like(x0), t)
-        err = (dec.predict(noisy, t, c) - x0).pow(2)
+        noise = torch.randn_like(x0)
+        noisy = sch.add_noise(x0, noise, t)
+        target = {"sample": x0, "epsilon": noise}.get(args.pred)
+        if target is None:
+            target = sch.get_velocity(x0, noise, t)
+        err = (dec.predict(noisy, t, c) - target).pow(2)
         if args.patch > 1:  # back to pixels, where the foreground weights live
             err = F.pixel_shuffle(err, args.patch)
         if args.fg_weight:
@@ -142,7 +151,8 @@ def main() -> None:
             history.append(row)
             print(json.dumps(row), flush=True)
             if args.json:  # after every evaluation, so a stopped probe keeps what it measured
-                Path(args.json).write_text(json.dumps({"fg_weight": args.fg_weight, "pooled": args.pooled,
+                Path(args.json).write_text(json.dumps({"base": args.base, "patch": args.patch, "pred": args.pred,
+                                                       "fg_weight": args.fg_weight, "pooled": args.pooled,
                                                        "guidance": args.guidance, "steps": args.steps, "batch": args.batch,
                                                        "lr": args.lr, "history": history}, indent=1) + "\n")
             if args.grid:
