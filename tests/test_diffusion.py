@@ -414,3 +414,41 @@ def test_noise_repeats_noise_each_target_several_times(sd_dir):
     assert cond.grad is not None and cond.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="noise_repeats must be >= 1"):
         _decoder(sd_dir, noise_repeats=0)
+
+
+def test_content_weight_teaches_the_conditioning_its_pictures_colours(sd_dir):
+    """``content_weight``: a linear read-out of the pooled conditioning learns the target's colour histogram
+    (over its focus pixels); the KL loss is 0 for a perfect read-out, reaches the conditioning, and the term
+    is absent at W = 0."""
+    from omniplug.data.generation import GenerationTarget
+
+    dec = _decoder(sd_dir, from_scratch=True, prediction_type="sample", content_weight=1.0, content_bins=2).train()
+    dec.set_trainable()
+    assert dec.content_head.weight.requires_grad and dec.content_head.out_features == 8
+    red, blue = Image.new("RGB", (64, 64), (250, 10, 10)), Image.new("RGB", (64, 64), (10, 10, 250))
+    half = np.zeros((64, 64), bool)
+    half[:, :32] = True
+    image = np.asarray(red).copy()
+    image[:, :32] = (10, 10, 250)  # the focus half is blue
+    focused = dec.prepare_target(GenerationTarget(image=Image.fromarray(image), focus=half), None)
+    hist = dec.colour_histograms([focused, dec.prepare_target(GenerationTarget(image=red), None)])
+    assert hist[0, 1].item() == pytest.approx(1.0) and hist[1, 4].item() == pytest.approx(1.0)  # (0,0,1) / (1,0,0)
+
+    targets = [dec.prepare_target(GenerationTarget(image=im), None) for im in (red, blue)]
+    cond = torch.randn(2, SEQ, DIM, requires_grad=True)
+    first = dec._content_loss(cond, targets)
+    first.backward()
+    assert first > 0 and cond.grad.abs().sum() > 0
+    opt = torch.optim.Adam([cond, *dec.content_head.parameters()], lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        loss = dec._content_loss(cond, targets)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 * first.item()
+    out = dec(DecoderInput(prompts=cond.detach(), batch_index=torch.tensor([0, 1]), batch_size=2))
+    assert set(dec.loss(out, targets)) == {"diffusion", "content"}
+    plain = _decoder(sd_dir, from_scratch=True, prediction_type="sample").train()
+    assert plain.content_head is None and set(plain.loss(out, targets)) == {"diffusion"}
+    with pytest.raises(ConfigError, match="content_bins must be in"):
+        _decoder(sd_dir, content_weight=1.0, content_bins=1)

@@ -85,3 +85,24 @@ def test_evaluate_generation_reports_token_rate(config):
     model = build_model(config)
     result = evaluate_generation(model, build_dataset(config, "gen_val"), max_samples=2, batch_size=2, max_new_tokens=1)
     assert result["samples"] == 2 and result["token_rate"] == 1.0  # forced trigger tokens: every sample has an image
+
+
+def test_content_term_through_yaml_reaches_the_llm_side(tiny_dir, tmp_path):
+    """``decoder: content_weight`` set in YAML: the one model reports ``gen/content``, its gradient reaches the
+    output projector, and the read-out head is saved and loaded with the trainable weights."""
+    from omniplug.weights import load_trainable, save_trainable
+
+    config = load_config(tiny_dir / "gen.yaml", [*FAST, "decoder.tiny_sd.content_weight=1.0"])
+    torch.manual_seed(0)
+    model = build_model(config).train()
+    batch = Collator(model, max_length=256)([build_dataset(config, "gen_train")[i] for i in range(2)])
+    out = model(batch)
+    assert "gen/content" in out.decoder_losses and out.decoder_losses["gen/content"] > 0
+    out.decoder_losses["gen/content"].backward()
+    head = model.decoders["gen"].content_head
+    assert head.weight.grad is not None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.out_projectors["gen"].parameters())
+    save_trainable(model, tmp_path / "ckpt")
+    again = build_model(config)
+    load_trainable(again, tmp_path / "ckpt")
+    assert torch.equal(again.decoders["gen"].content_head.weight, head.weight)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from omniplug.data.world import analyse, expected_from_caption, render_scene, score_objects
+from omniplug.data.world import analyse, colour_score, expected_from_caption, render_scene, score_objects
 from omniplug.data.world.scene import Scene
 from omniplug.data.world.vocab import COLOURS as WORLD_COLOURS, COMPOSITES, SHAPES, SIZES as WORLD_SIZES
 from omniplug.decoders.diffusion import DiffusionDecoder, to_pil
@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=1, help="the decoder's patch_size (the UNet must take 3 x patch^2 channels)")
     ap.add_argument("--pred", default="sample", choices=["sample", "epsilon", "v_prediction"],
                     help="what the UNet predicts (the decoder's prediction_type)")
+    ap.add_argument("--cond-scale", type=float, default=1.0,
+                    help="multiply the perfect conditioning by this (the LLM's is ~0.25 of its per-token norm)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--grid", default=None, help="PNG of the last evaluation's first 16 samples")
     args = ap.parse_args()
@@ -116,7 +118,7 @@ def main() -> None:
         batch = [train[int(i)] for i in rng.integers(len(train), size=args.batch)]
         x0 = dec.encode(torch.stack([dec._pixels(Image.open(ROOT / "data/world/train" / r["image"])) for r in batch]),
                         sample=False)
-        c = cond([r["caption"] for r in batch])
+        c = args.cond_scale * cond([r["caption"] for r in batch])
         drop = torch.rand(len(batch)) < dec.cond_dropout
         c = torch.where(drop[:, None, None], dec.uncond.expand_as(c), c)
         t = torch.randint(0, sch.config.num_train_timesteps, (len(batch),))
@@ -142,16 +144,18 @@ def main() -> None:
                 images = []
                 for i in range(0, len(val), 16):
                     chunk = val[i:i + 16]
-                    images += [to_pil(im) for im in dec.sample(cond([r["caption"] for r in chunk]))]
+                    images += [to_pil(im) for im in dec.sample(args.cond_scale * cond([r["caption"] for r in chunk]))]
             dec.train()
             scores = [score_objects(detected=analyse(im), expected=expected_from_caption(r["caption"]))
                       for im, r in zip(images, val)]
             row = {"step": step, "loss": float(loss.detach()), "seconds": round(time.time() - start, 1),
-                   "object_f1": float(np.mean([s.f1 for s in scores])), "exact": float(np.mean([s.exact for s in scores]))}
+                   "object_f1": float(np.mean([s.f1 for s in scores])), "exact": float(np.mean([s.exact for s in scores])),
+                   "colour_f1": float(np.mean([colour_score(im, expected_from_caption(r["caption"])).f1
+                                               for im, r in zip(images, val)]))}
             history.append(row)
             print(json.dumps(row), flush=True)
             if args.json:  # after every evaluation, so a stopped probe keeps what it measured
-                Path(args.json).write_text(json.dumps({"base": args.base, "patch": args.patch, "pred": args.pred,
+                Path(args.json).write_text(json.dumps({"base": args.base, "patch": args.patch, "pred": args.pred, "cond_scale": args.cond_scale,
                                                        "fg_weight": args.fg_weight, "pooled": args.pooled,
                                                        "guidance": args.guidance, "steps": args.steps, "batch": args.batch,
                                                        "lr": args.lr, "history": history}, indent=1) + "\n")

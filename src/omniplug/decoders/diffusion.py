@@ -39,6 +39,12 @@ Patches (``patch_size`` p, pixel-space UNets)
     conditioning: R x the UNet's samples for one pass of the LLM, which is worth it where the UNet is
     the cheap part (patches) and generation examples are few.
 
+Content read-out (``content_weight`` W, ``content_bins`` b)
+    A linear head on the pooled conditioning predicts the target's colour histogram (b^3 bins, over
+    its focus pixels when it has a focus mask); the KL from the histogram, times W, is the ``content``
+    loss. It asks the conditioning to say what differs between pictures before the UNet has learned to
+    listen, as the SAM decoder's prompt-region alignment does for ``<seg>`` prompts. Training only.
+
 Inference (``postprocess``: sampling happens here, ``forward`` only conditions)
     The sampling loop is the one of diffusers' ``StableDiffusionPipeline`` (same noise, scheduler
     calls and guidance; a test checks pixel parity). Occurrence k of a sample uses seed ``seed + k``.
@@ -115,7 +121,7 @@ class DiffusionDecoder(Decoder):
                  from_scratch: bool = False,
                  prediction_type: Literal["epsilon", "sample", "v_prediction"] | None = None,
                  pooled_conditioning: bool = False, focus_weight: float = 0.0, patch_size: int = 1,
-                 noise_repeats: int = 1) -> None:
+                 noise_repeats: int = 1, content_weight: float = 0.0, content_bins: int = 4) -> None:
         super().__init__()
         try:
             self.tokens = gen_tokens(token, num_tokens)
@@ -131,6 +137,11 @@ class DiffusionDecoder(Decoder):
             raise ConfigError("decoder diffusion: uncond_embedding: empty_text needs text_encoder (e.g. text_encoder: text_encoder)")
         if vae == "none":
             vae = None
+        if not (content_weight >= 0.0 and math.isfinite(content_weight)):
+            raise ConfigError(f"decoder diffusion: content_weight must be a finite number >= 0, got {content_weight}")
+        if not 2 <= content_bins <= 16:
+            raise ConfigError(f"decoder diffusion: content_bins must be in [2, 16] (bins per colour channel), got {content_bins}")
+        self.content_weight, self.content_bins = float(content_weight), int(content_bins)
         if noise_repeats < 1:
             raise ConfigError(f"decoder diffusion: noise_repeats must be >= 1, got {noise_repeats}")
         self.noise_repeats = int(noise_repeats)
@@ -158,6 +169,8 @@ class DiffusionDecoder(Decoder):
                               "added text/time embeddings); only Stable-Diffusion-1/2-style UNets are supported")
         self.prompt_dim = int(ucfg.cross_attention_dim)
         self.pooled = ucfg.class_embed_type == "projection"  # pooled conditioning joins the time embedding
+        # content read-out (content_weight > 0): pooled conditioning -> the target's colour histogram
+        self.content_head = nn.Linear(self.prompt_dim, self.content_bins ** 3) if self.content_weight else None
         if pooled_conditioning and not self.pooled:
             raise ConfigError(f"decoder diffusion: pooled_conditioning needs a UNet with class_embed_type: projection; "
                               f"{model_name_or_path}'s UNet has none (a UNet trained from scratch gets one: "
@@ -233,6 +246,8 @@ class DiffusionDecoder(Decoder):
         self.uncond.requires_grad_(self.learned_uncond)
         if self.train_unet:
             self.unet.requires_grad_(True)
+        if self.content_head is not None:
+            self.content_head.requires_grad_(True)
 
     # --- data ------------------------------------------------------------------------------------
     def prepare_images(self, images: list[Image.Image]) -> SourceImages:
@@ -250,7 +265,8 @@ class DiffusionDecoder(Decoder):
             if image is None:
                 raise ValueError("decoder diffusion: an edit target (with a mask) needs the sample's source image")
             source = self._pixels(image)
-        focus = self._mask(target.focus) if target.focus is not None and self.focus_weight else None
+        focus = (self._mask(target.focus) if target.focus is not None and (self.focus_weight or self.content_weight)
+                 else None)
         return PreparedTarget(pixels=self._pixels(target.image), caption=target.caption, mask=mask, source=source,
                               focus=focus)
 
@@ -280,6 +296,7 @@ class DiffusionDecoder(Decoder):
 
     def loss(self, out: DiffusionOutput, targets: list[PreparedTarget]) -> dict[str, Tensor]:
         cond = out.embeddings
+        content = self._content_loss(cond, targets) if self.content_head is not None and self.training else None
         if self.noise_repeats > 1:  # R (noise, timestep) draws per target: R x the UNet samples, one LLM pass
             targets, cond = list(targets) * self.noise_repeats, cond.repeat(self.noise_repeats, 1, 1)
         device, dtype = cond.device, self.unet.dtype
@@ -311,7 +328,33 @@ class DiffusionDecoder(Decoder):
             with torch.no_grad():
                 text = self.encode_text([targets[i].caption for i in captioned]).float()
             losses["align"] = self.align_loss_weight * F.mse_loss(cond[captioned].float(), text)
+        if content is not None:
+            losses["content"] = self.content_weight * content
         return losses
+
+    def colour_histograms(self, targets: list[PreparedTarget]) -> Tensor:
+        """(M, bins^3): each target's colour histogram (``content_bins`` per channel), over its focus
+        pixels when it has a focus mask (what the description is about), else over the whole picture."""
+        b = self.content_bins
+        rows = []
+        for t in targets:
+            levels = ((t.pixels.float() / 2 + 0.5).clamp(0, 1) * b).long().clamp(max=b - 1)  # (3, H, W)
+            index = (levels[0] * b + levels[1]) * b + levels[2]
+            weight = t.focus[0].float() if t.focus is not None and t.focus.sum() > 0 else torch.ones_like(index, dtype=torch.float32)
+            hist = torch.zeros(b ** 3).index_add_(0, index.flatten(), weight.flatten())
+            rows.append(hist / hist.sum())
+        return torch.stack(rows)
+
+    def _content_loss(self, cond: Tensor, targets: list[PreparedTarget]) -> Tensor:
+        """KL(target histogram || read-out of the pooled conditioning): 0 when the conditioning names the
+        colours of what the picture is about. Why: a UNet trained from scratch only learns to use a prompt
+        whose conditioning already says what differs between pictures; the LLM's ``<gen>`` states, trained
+        through the diffusion loss alone, say it weakly (bench/default/README.md, "What the conditioning
+        carries"), as the ``<seg>`` prompts did before the SAM decoder's prompt-region alignment."""
+        hist = self.colour_histograms(targets).to(cond.device)
+        log_pred = F.log_softmax(self.content_head(cond.float().mean(dim=1)), dim=-1)
+        entropy = torch.where(hist > 0, hist * hist.clamp_min(1e-12).log(), torch.zeros_like(hist)).sum(-1)
+        return (entropy - (hist * log_pred).sum(-1)).mean()
 
     def _focus_weights(self, targets: list[PreparedTarget], size: tuple[int, int], device: torch.device) -> Tensor | None:
         """(M, 1, h, w) per-pixel weights of the diffusion error, or None for the plain mean. With
