@@ -39,6 +39,15 @@ def spread(x: torch.Tensor) -> dict[str, float]:
             "norm": round(flat.norm(dim=1).mean().item(), 4)}
 
 
+def _conditioning(model, task: str, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``<gen>`` hidden states (M, K, H) of a collated batch and the projected conditioning (M, S, D)."""
+    embeds, _ = model.embed_inputs(batch.input_ids, batch.pixel_values)
+    out = model.llm(embeds, batch.attention_mask, labels=None)
+    b_idx, pos = model.trigger_occurrences(batch.input_ids, task)
+    hidden = out.hidden_states[b_idx.unsqueeze(1), pos]
+    return hidden, model.out_projectors[task](hidden) if task in model.out_projectors else hidden
+
+
 @torch.no_grad()
 def measure(config_path: str, overrides: list[str], *, n: int, dataset: str, seed: int = 0) -> dict:
     config = load_config(config_path, overrides)
@@ -49,11 +58,7 @@ def measure(config_path: str, overrides: list[str], *, n: int, dataset: str, see
     decoder = model.decoders[task]
     data = build_dataset(config, dataset)
     batch = Collator(model, max_length=config.data.max_length)([data[i] for i in range(n)])
-    embeds, _ = model.embed_inputs(batch.input_ids, batch.pixel_values)
-    out = model.llm(embeds, batch.attention_mask, labels=None)
-    b_idx, pos = model.trigger_occurrences(batch.input_ids, task)
-    hidden = out.hidden_states[b_idx.unsqueeze(1), pos]
-    cond = model.out_projectors[task](hidden) if task in model.out_projectors else hidden
+    hidden, cond = _conditioning(model, task, batch)
     result = {"config": config_path, "overrides": overrides, "samples": n,
               "hidden": spread(hidden), "conditioning": spread(cond), "use": {}}
     targets = batch.targets[task]
@@ -113,11 +118,7 @@ def content(config_path: str, overrides: list[str], *, n: int, dataset: str, bat
     hiddens, conds, captions = [], [], []
     for start in range(0, n, batch_size):
         batch = collate([data[i] for i in range(start, min(n, start + batch_size))])
-        embeds, _ = model.embed_inputs(batch.input_ids, batch.pixel_values)
-        out = model.llm(embeds, batch.attention_mask, labels=None)
-        b_idx, pos = model.trigger_occurrences(batch.input_ids, task)
-        hidden = out.hidden_states[b_idx.unsqueeze(1), pos]
-        cond = model.out_projectors[task](hidden) if task in model.out_projectors else hidden
+        hidden, cond = _conditioning(model, task, batch)
         hiddens.append(hidden.flatten(1))
         conds.append(cond.flatten(1))
         captions += [t.caption for t in batch.targets[task]]
