@@ -353,8 +353,7 @@ class DiffusionDecoder(Decoder):
         carries"), as the ``<seg>`` prompts did before the SAM decoder's prompt-region alignment."""
         hist = self.colour_histograms(targets).to(cond.device)
         log_pred = F.log_softmax(self.content_head(cond.float().mean(dim=1)), dim=-1)
-        entropy = torch.where(hist > 0, hist * hist.clamp_min(1e-12).log(), torch.zeros_like(hist)).sum(-1)
-        return (entropy - (hist * log_pred).sum(-1)).mean()
+        return F.kl_div(log_pred, hist, reduction="batchmean")
 
     def _focus_weights(self, targets: list[PreparedTarget], size: tuple[int, int], device: torch.device) -> Tensor | None:
         """(M, 1, h, w) per-pixel weights of the diffusion error, or None for the plain mean. With
