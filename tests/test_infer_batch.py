@@ -380,3 +380,17 @@ def test_decoders_read_the_states_computed_while_generating(tiny_dir, monkeypatc
                 assert np.array_equal(p.mask, q.mask) and p.score == pytest.approx(q.score, abs=1e-4)
             else:
                 assert np.allclose(np.asarray(p), np.asarray(q), atol=1e-4)
+
+
+def test_a_mask_trigger_without_an_image_yields_no_mask(seg_pipe, tiny_dir):
+    """A model may answer "<seg>" to a request without an image (v12 did, to "Draw a red star."): the mask
+    decoder has nothing to read, so that request gets no mask — alone or beside requests with images —
+    instead of an error for the whole batch."""
+    (a,) = _images(tiny_dir, 1)
+    alone = seg_pipe.batch([Request("Draw a red star.", [], options=Options(max_new_tokens=2, answer_prefix="<seg>"))])
+    assert alone[0].masks == [] and "<seg>" not in alone[0].text
+    mixed = seg_pipe.batch([Request("Draw a red star.", [], options=Options(max_new_tokens=2, answer_prefix="<seg>")),
+                            Request("Segment it.", [a], options=Options(max_new_tokens=2, answer_prefix="<seg>"))])
+    assert [len(r.masks) for r in mixed] == [0, 1]
+    _same(mixed[1], seg_pipe.batch([Request("Segment it.", [a], options=Options(max_new_tokens=2,
+                                                                                 answer_prefix="<seg>"))])[0])

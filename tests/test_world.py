@@ -331,3 +331,26 @@ def test_parts_per_sample_asks_several_parts_of_one_image(tmp_path):
     assert len(firsts) > 1
     with pytest.raises(ValueError, match="parts_per_sample must be >= 1"):
         WorldTaskDataset(root=str(root), task="part", n=16, seed=3, options={"parts_per_sample": 0})
+
+
+def test_brief_drawing_requests_name_the_objects_alone(tmp_path):
+    """``brief_every``: every k-th generation sample asks for its objects without the background, in
+    the reader's phrasings; the image target is unchanged; other tasks refuse the option."""
+    from omniplug.data.world.language import parse_caption
+    from omniplug.data.world_tasks import WorldTaskDataset
+
+    root = tmp_path / "train"
+    plain = WorldTaskDataset(root=str(root), task="generation", n=6, seed=5)
+    brief = WorldTaskDataset(root=str(root), task="generation", n=6, seed=5, brief_every=2,
+                             options={"prompts": ["Draw {caption}.", "Paint {caption}."]})
+    for i in range(len(brief)):
+        a, b = plain[i], brief[i]
+        assert np.array_equal(np.asarray(a.targets["gen"][0].image), np.asarray(b.targets["gen"][0].image))
+        assert a.targets["gen"][0].caption == b.targets["gen"][0].caption  # the full description stays the target's
+        text = b.turns[0].text
+        phrasing = (i // 2 if i % 2 == 0 else i) % 2  # brief requests cycle the phrasings on their own
+        assert text.startswith(("Draw ", "Paint ")[phrasing]) and b.meta["prompt"] == text
+        assert ("under the sky" in text) == (i % 2 == 1)
+        assert parse_caption(text) == parse_caption(a.turns[0].text)  # the same objects are asked for
+    with pytest.raises(ValueError, match="brief_every is for task generation"):
+        WorldTaskDataset(root=str(root), task="referring", n=6, seed=5, brief_every=2)

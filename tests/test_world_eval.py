@@ -54,9 +54,9 @@ def test_world_eval_end_to_end(tiny_dir, tmp_path):
     assert reliance["n"] == 2 and abs(reliance["gap"] - (reliance["lm_loss_other_image"] - reliance["lm_loss"])) < 1e-9
     for task, figures in report.items():
         for key, value in figures.items():
-            if key in ("object_f1", "colour_f1", "accuracy", "ciou", "giou", "miou", "pq", "exact"):
+            if key in ("object_f1", "colour_f1", "accuracy", "ciou", "giou", "miou", "pq", "exact", "answered"):
                 assert 0.0 <= value <= 1.0, (task, key, value)
-    assert {"exact", "object_f1", "colour_f1"} <= set(report["generation"])
+    assert {"exact", "object_f1", "colour_f1", "answered"} <= set(report["generation"])
 
 
 def test_eval_finds_world_splits(tiny_dir, tmp_path):

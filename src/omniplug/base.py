@@ -127,6 +127,9 @@ class Decoder(nn.Module, ABC):
     default_token: ClassVar[str] = "<task>"
     #: what kind of outputs postprocess() returns, used to fill ``Response``: masks, images, boxes, actions
     output_kind: ClassVar[str] = "extra"
+    #: True for decoders that read the sample's own image (masks): at inference a trigger the model emits in
+    #: answer to a request without an image yields nothing instead of a prediction on a stand-in
+    needs_image: ClassVar[bool] = False
 
     tokens: list[str]  # K trigger tokens; an occurrence is the run tokens[0..K-1]
     prompt_dim: int  # width the output projector must produce

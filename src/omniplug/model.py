@@ -275,8 +275,13 @@ class OneModel(nn.Module):
         start = torch.full((bsz,), prompt_len - len(prefix_ids), device=full_ids.device)
         end = prompt_len + lengths
         found = {}
-        for task in self.decoders:
+        imageless = torch.tensor([tuple(s) == (0, 0) for s in batch.image_sizes] if batch.image_sizes else [False] * bsz,
+                                 device=full_ids.device)
+        for task, decoder in self.decoders.items():
             b_idx, pos = self.trigger_occurrences(full_ids, task, start=start, end=end, strict=False)
+            if getattr(decoder, "needs_image", False) and len(b_idx):  # e.g. <seg> in answer to "Draw ...": no mask
+                keep = ~imageless[b_idx]
+                b_idx, pos = b_idx[keep], pos[keep]
             found[task] = _cap_per_sample(b_idx, pos, task_caps)
         if not any(len(b_idx) for b_idx, _ in found.values()):  # no decoder to run: skip the hidden-state pass
             result.decoder_outputs = {task: [[] for _ in range(bsz)] for task in self.decoders}

@@ -86,18 +86,26 @@ class WorldTaskDataset(Dataset):
     perception heads (``omniplug.dense``): (3, H, W) category (``semantic_classes.json``, 12), part (8)
     and colour (9) per pixel, rendered from ``scenes.jsonl`` (``Rendering.dense_labels``).
     ``object_focus`` (task ``generation``): each target gets its scene's visible object pixels as
-    ``GenerationTarget.focus``, for a diffusion decoder's ``focus_weight``."""
+    ``GenerationTarget.focus``, for a diffusion decoder's ``focus_weight``.
+    ``brief_every`` (task ``generation``): every k-th sample (index divisible by k) asks for its
+    objects alone, without the background ("Draw a small red circle."), cycling the reader's phrasings,
+    so short drawing requests are met as well as the world's full captions; the target is unchanged."""
 
     def __init__(self, *, root: str, task: WorldTask, split: str = "train", n: int = 2000, seed: int = 0,
                  size: int = 64, options: dict[str, Any] | None = None, dense_labels: bool = False,
-                 object_focus: bool = False) -> None:
+                 object_focus: bool = False, brief_every: int = 0) -> None:
         if object_focus and task != "generation":
             raise ValueError(f"dataset world: object_focus is for task generation (description -> image), not {task!r}")
+        if brief_every and task != "generation":
+            raise ValueError(f"dataset world: brief_every is for task generation (description -> image), not {task!r}")
+        if brief_every < 0:
+            raise ValueError(f"dataset world: brief_every must be >= 0 (0: never), got {brief_every}")
         self.root = ensure_split(root=root, split=split, n=n, seed=seed, size=size)
         self.task = task
         self.reader = _reader(task, self.root, dict(options or {}))
         self.dense_labels = dense_labels
         self.object_focus = object_focus
+        self.brief_every = brief_every
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -113,7 +121,23 @@ class WorldTaskDataset(Dataset):
             focus = render_scene(Scene.from_json(sample.meta["scene"])).owner >= 0
             for target in next(iter(sample.targets.values())):
                 target.focus = focus
+        if self.brief_every and idx % self.brief_every == 0:
+            self._ask_briefly(sample, idx)
         return sample
+
+    def _ask_briefly(self, sample, idx: int) -> None:
+        """Rewrite the drawing request to name the scene's objects only; the brief requests cycle through
+        every phrasing whatever ``brief_every`` and the number of phrasings."""
+        from omniplug.data.generation import draw_prompt
+        from omniplug.data.world.language import caption
+        from omniplug.data.world.scene import Scene
+
+        prompt = draw_prompt(caption(Scene.from_json(sample.meta["scene"]), bare=True, stuff=False),
+                             self.reader.prompts, idx // self.brief_every)
+        from dataclasses import replace
+
+        sample.turns[0] = replace(sample.turns[0], text=prompt)
+        sample.meta["prompt"] = prompt
 
     def label_map(self, name: str) -> np.ndarray:
         from omniplug.data.world import render_scene

@@ -84,6 +84,7 @@ class SamDecoder(Decoder):
     default_task = "seg"
     default_token = "<seg>"
     output_kind = "masks"
+    needs_image = True
 
     def __init__(self, *, model_name_or_path: str, token: str = "<seg>", train_mask_decoder: bool = True,
                  freeze_image_encoder: bool = True, freeze_prompt_encoder: bool = True, mask_threshold: float = 0.0,

@@ -11,7 +11,8 @@ Every figure comes from the model's own answers (greedy generation), not teacher
   the model lists every region with its label, one ``<seg>`` each;
 * generation — the world's image analyser parses each generated image; ``exact`` = the image
   holds exactly the captioned objects, ``object_f1`` = F1 of the objects found; ``colour_f1`` (a
-  diagnostic, shapes ignored) = F1 of the described colours present as regions (``colour_score``).
+  diagnostic, shapes ignored) = F1 of the described colours present as regions (``colour_score``);
+  ``answered`` = the share of requests answered with a picture at all.
 """
 
 from __future__ import annotations
@@ -231,17 +232,22 @@ def eval_panoptic(model, dataset, *, n: int, batch_size: int, vocabulary: Sequen
 
 
 # ---- generation ---------------------------------------------------------------------------------
-def eval_generation(model, data_dir: Path, *, n: int, batch_size: int) -> dict[str, float]:
+def eval_generation(model, data_dir: Path, *, n: int, batch_size: int,
+                    prompt: Callable[[dict[str, Any]], str] | None = None) -> dict[str, float]:
+    """Analyser scores of pictures drawn for the split's generation captions. ``prompt`` turns a
+    ``generation.jsonl`` record into the request (default "Draw {caption}."); ``answered`` is the share
+    of requests answered with a picture (a request answered without one scores 0)."""
     from omniplug.data.generation import draw_prompt
     from omniplug.data.world import analyse, colour_score, expected_from_caption, score_objects
 
     task = _gen_task(model)
     if task is None:
         return {}
+    prompt = prompt or (lambda rec: draw_prompt(rec["caption"]))
     records = [json.loads(line) for line in (data_dir / "generation.jsonl").read_text().splitlines() if line.strip()][:n]
-    exact, f1s, colour_f1s = 0, [], []
+    exact, answered, f1s, colour_f1s = 0, 0, [], []
     for chunk in _batches(records, batch_size):
-        samples = [Sample(turns=[Turn("user", draw_prompt(r["caption"]))]) for r in chunk]
+        samples = [Sample(turns=[Turn("user", prompt(r))]) for r in chunk]
         gen = _answer(model, samples, max_new_tokens=16)
         for rec, images in zip(chunk, gen.decoder_outputs.get(task, [[] for _ in chunk])):
             expected = expected_from_caption(rec["caption"])
@@ -250,11 +256,14 @@ def eval_generation(model, data_dir: Path, *, n: int, batch_size: int) -> dict[s
                 colour_f1s.append(0.0)
                 continue
             score = score_objects(detected=analyse(images[0]), expected=expected)
+            answered += 1
             exact += int(score.exact)
             f1s.append(score.f1)
             colour_f1s.append(colour_score(images[0], expected).f1)
-    return {"exact": exact / len(records) if records else 0.0, "object_f1": float(np.mean(f1s)) if f1s else 0.0,
-            "colour_f1": float(np.mean(colour_f1s)) if colour_f1s else 0.0, "n": len(records)}
+    share = (lambda k: k / len(records) if records else 0.0)  # noqa: E731
+    return {"exact": share(exact), "object_f1": float(np.mean(f1s)) if f1s else 0.0,
+            "colour_f1": float(np.mean(colour_f1s)) if colour_f1s else 0.0, "answered": share(answered),
+            "n": len(records)}
 
 
 # ---- everything ---------------------------------------------------------------------------------

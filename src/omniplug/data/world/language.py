@@ -139,14 +139,15 @@ _CAPTION_TEMPLATES = ("{phrase}.", "There is {phrase}.", "A picture of {phrase}.
 CAPTION_PROMPTS = ("Describe the image.", "What is in this picture?", "List every object in the scene.")
 
 
-def caption(scene: Scene, rng: np.random.Generator | None = None, *, bare: bool = False) -> str:
+def caption(scene: Scene, rng: np.random.Generator | None = None, *, bare: bool = False, stuff: bool = True) -> str:
     """Every object, left to right, in the fixed pattern that :func:`parse_caption` reads back.
 
     ``bare=True`` gives the lower-case phrase without template or full stop ("a small red circle
     on grass under the sky"), which reads well inside prompts such as "Draw {caption}.".
+    ``stuff=False`` leaves the background out ("a small red circle"): the brief form people ask for.
     """
     objs = sorted(scene.objects, key=lambda o: (o.x, o.y, o.id))
-    phrase = f"{_join([object_phrase(o) for o in objs])} {stuff_phrase(scene)}"
+    phrase = _join([object_phrase(o) for o in objs]) + (f" {stuff_phrase(scene)}" if stuff else "")
     if bare:
         return phrase
     template = _CAPTION_TEMPLATES[0 if rng is None else int(rng.integers(len(_CAPTION_TEMPLATES)))]
