@@ -74,3 +74,16 @@ def test_entry_point_plugins(monkeypatch):
     monkeypatch.setattr(metadata, "entry_points", lambda group: [FakeEP()] if group == "omniplug.plugins" else [])
     assert reg.get("fancy_boxes") is FancyBoxes
     assert "fancy_boxes" in reg.names()
+
+
+def test_module_entry_points_have_every_command():
+    """`python -m omniplug` and `python -m omniplug.cli` are the `omniplug` command, feature commands
+    included (run as __main__, cli.py once lost `eval`, `train`, ...: they register with omniplug.cli)."""
+    import subprocess
+    import sys
+
+    for module in ("omniplug", "omniplug.cli"):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        for name in ("train", "eval", "infer", "world", "demo"):
+            assert name in out.stdout, (module, name, out.stdout)

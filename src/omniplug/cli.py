@@ -139,4 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as `python -m omniplug.cli`: this file is __main__, while feature commands register with the
+    # module omniplug.cli, so hand over to that module's main (or `eval`, `train`, ... would be missing)
+    from omniplug.cli import main as _main
+
+    sys.exit(_main())

@@ -104,7 +104,8 @@ class CausalLMWrapper(LanguageModel):
                 for layer in {id(m): m for m in layers if m is not None}.values():
                     weight = layer.weight
                     base = weight[:old].float()
-                    noise = torch.randn((size - old, weight.shape[1]), generator=generator)
+                    # drawn on the CPU (same rows on any device), then moved: a quantised LLM loads on the GPU
+                    noise = torch.randn((size - old, weight.shape[1]), generator=generator).to(weight.device)
                     weight[old:] = (base.mean(0) + 0.5 * base.std(0) * noise).to(weight.dtype)
 
     def make_trainable(self, *, full: bool, new_token_ids: list[int]) -> None:
