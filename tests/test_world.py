@@ -340,17 +340,21 @@ def test_brief_drawing_requests_name_the_objects_alone(tmp_path):
     from omniplug.data.world_tasks import WorldTaskDataset
 
     root = tmp_path / "train"
-    plain = WorldTaskDataset(root=str(root), task="generation", n=6, seed=5)
-    brief = WorldTaskDataset(root=str(root), task="generation", n=6, seed=5, brief_every=2,
-                             options={"prompts": ["Draw {caption}.", "Paint {caption}."]})
+    verbs = ("Draw", "Paint", "Show me", "Sketch")
+    plain = WorldTaskDataset(root=str(root), task="generation", n=16, seed=5)
+    brief = WorldTaskDataset(root=str(root), task="generation", n=16, seed=5, brief_every=2,
+                             options={"prompts": [f"{v} {{caption}}." for v in verbs]})
+    seen = {True: [], False: []}
     for i in range(len(brief)):
         a, b = plain[i], brief[i]
         assert np.array_equal(np.asarray(a.targets["gen"][0].image), np.asarray(b.targets["gen"][0].image))
         assert a.targets["gen"][0].caption == b.targets["gen"][0].caption  # the full description stays the target's
         text = b.turns[0].text
-        phrasing = (i // 2 if i % 2 == 0 else i) % 2  # brief requests cycle the phrasings on their own
-        assert text.startswith(("Draw ", "Paint ")[phrasing]) and b.meta["prompt"] == text
+        assert b.meta["prompt"] == text
         assert ("under the sky" in text) == (i % 2 == 1)
         assert parse_caption(text) == parse_caption(a.turns[0].text)  # the same objects are asked for
+        seen[i % 2 == 0].append(next(v for v in verbs if text.startswith(v + " ")))
+    # brief and full requests each cycle through every phrasing (an even count of phrasings included)
+    assert seen[True] == list(verbs) * 2 and seen[False] == list(verbs) * 2
     with pytest.raises(ValueError, match="brief_every is for task generation"):
         WorldTaskDataset(root=str(root), task="referring", n=6, seed=5, brief_every=2)

@@ -69,8 +69,8 @@ class PerfectConditioning(nn.Module):
         return torch.stack(rows)
 
 
-def records(split: str) -> list[dict]:
-    path = ROOT / "data" / "world" / split / "generation.jsonl"
+def records(world: Path, split: str) -> list[dict]:
+    path = world / split / "generation.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -98,7 +98,11 @@ def main() -> None:
                     help="multiply the perfect conditioning by this (the LLM's is ~0.25 of its per-token norm)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--grid", default=None, help="PNG of the last evaluation's first 16 samples")
+    ap.add_argument("--device", default="cpu", help="e.g. cuda (the records say which)")
+    ap.add_argument("--world", default=str(ROOT / "data" / "world"), help="folder holding the train and val splits")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    world = Path(args.world)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -108,7 +112,17 @@ def main() -> None:
                            guidance_scale=args.guidance, prediction_type=args.pred, pooled_conditioning=args.pooled)
     dec.set_trainable()
     cond = PerfectConditioning(dec.prompt_dim, dec.seq_len)
-    train, val = records("train"), records("val")[: args.val]
+    dec.to(device)
+    cond.to(device)
+    train, val = records(world, "train"), records(world, "val")[: args.val]
+    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # image path -> (pixels, foreground): read once
+
+    def example(r: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if r["image"] not in cache:
+            with Image.open(world / "train" / r["image"]) as im:
+                cache[r["image"]] = (dec._pixels(im.convert("RGB")), torch.from_numpy(foreground(r)).float()[None])
+        return cache[r["image"]]
+
     params = [p for p in dec.parameters() if p.requires_grad] + list(cond.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
@@ -116,12 +130,12 @@ def main() -> None:
     history, start = [], time.time()
     for step in range(1, args.steps + 1):
         batch = [train[int(i)] for i in rng.integers(len(train), size=args.batch)]
-        x0 = dec.encode(torch.stack([dec._pixels(Image.open(ROOT / "data/world/train" / r["image"])) for r in batch]),
-                        sample=False)
+        pixels, fg = (torch.stack(x).to(device) for x in zip(*[example(r) for r in batch]))
+        x0 = dec.encode(pixels, sample=False)
         c = args.cond_scale * cond([r["caption"] for r in batch])
-        drop = torch.rand(len(batch)) < dec.cond_dropout
+        drop = torch.rand(len(batch), device=device) < dec.cond_dropout
         c = torch.where(drop[:, None, None], dec.uncond.expand_as(c), c)
-        t = torch.randint(0, sch.config.num_train_timesteps, (len(batch),))
+        t = torch.randint(0, sch.config.num_train_timesteps, (len(batch),), device=device)
         noise = torch.randn_like(x0)
         noisy = sch.add_noise(x0, noise, t)
         target = {"sample": x0, "epsilon": noise}.get(args.pred)
@@ -131,7 +145,6 @@ def main() -> None:
         if args.patch > 1:  # back to pixels, where the foreground weights live
             err = F.pixel_shuffle(err, args.patch)
         if args.fg_weight:
-            fg = torch.from_numpy(np.stack([foreground(r) for r in batch])).float()[:, None]
             err = err * (1 + args.fg_weight * fg) / (1 + args.fg_weight * fg.mean())
         loss = err.mean()
         opt.zero_grad()
@@ -148,7 +161,7 @@ def main() -> None:
             dec.train()
             scores = [score_objects(detected=analyse(im), expected=expected_from_caption(r["caption"]))
                       for im, r in zip(images, val)]
-            row = {"step": step, "loss": float(loss.detach()), "seconds": round(time.time() - start, 1),
+            row = {"step": step, "device": str(device), "loss": float(loss.detach()), "seconds": round(time.time() - start, 1),
                    "object_f1": float(np.mean([s.f1 for s in scores])), "exact": float(np.mean([s.exact for s in scores])),
                    "colour_f1": float(np.mean([colour_score(im, expected_from_caption(r["caption"])).f1
                                                for im, r in zip(images, val)]))}

@@ -10,8 +10,8 @@ per request form, the share answered with a picture and the analyser's object / 
         [--n 48] [--out FILE] [overrides ...]
 
 Forms: ``full/*`` the world's caption ("a small red circle on grass under the sky"), ``brief/*`` its
-objects alone ("a small red circle"), each in the three trained phrasings; ``brief/paint`` a verb
-never trained. Prints one JSON object (also written to ``--out``).
+objects alone ("a small red circle"), each in the three phrasings every recipe trains; ``brief/paint`` a
+verb v13 never trained (v14 does), ``brief/sketch`` one no recipe trains. Prints one JSON object (also written to ``--out``).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def forms() -> dict[str, object]:
         for name, template in PHRASINGS.items():
             out[f"{kind}/{name}"] = (lambda t, f: lambda rec: t.format(f(rec)))(template, text)
     out["brief/paint"] = lambda rec: f"Paint {brief(rec)}."
+    out["brief/sketch"] = lambda rec: f"Sketch {brief(rec)}."
     return out
 
 

@@ -121,21 +121,26 @@ class WorldTaskDataset(Dataset):
             focus = render_scene(Scene.from_json(sample.meta["scene"])).owner >= 0
             for target in next(iter(sample.targets.values())):
                 target.focus = focus
-        if self.brief_every and idx % self.brief_every == 0:
-            self._ask_briefly(sample, idx)
+        if self.brief_every:
+            self._phrase(sample, idx)
         return sample
 
-    def _ask_briefly(self, sample, idx: int) -> None:
-        """Rewrite the drawing request to name the scene's objects only; the brief requests cycle through
-        every phrasing whatever ``brief_every`` and the number of phrasings."""
+    def _phrase(self, sample, idx: int) -> None:
+        """Every ``brief_every``-th request names the scene's objects only. Brief and full requests each
+        cycle through every phrasing on their own, whatever ``brief_every`` and the number of phrasings
+        (indexing both by ``idx`` would give the full requests only some phrasings: with k = 2 and six,
+        only the odd ones)."""
+        from dataclasses import replace
+
         from omniplug.data.generation import draw_prompt
         from omniplug.data.world.language import caption
         from omniplug.data.world.scene import Scene
 
-        prompt = draw_prompt(caption(Scene.from_json(sample.meta["scene"]), bare=True, stuff=False),
-                             self.reader.prompts, idx // self.brief_every)
-        from dataclasses import replace
-
+        k = self.brief_every
+        brief = idx % k == 0
+        text = caption(Scene.from_json(sample.meta["scene"]), bare=True, stuff=not brief)
+        ordinal = idx // k if brief else idx - idx // k - 1  # this request's place among its kind
+        prompt = draw_prompt(text, self.reader.prompts, ordinal)
         sample.turns[0] = replace(sample.turns[0], text=prompt)
         sample.meta["prompt"] = prompt
 
