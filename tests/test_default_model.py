@@ -34,6 +34,25 @@ def test_shipped_default_model_loads_and_answers_offline(tmp_path):
     assert response.text.strip()
 
 
+def test_shipped_default_model_draws_for_the_demos_drawing_requests(tmp_path):
+    """The demo's example drawing request — and brief requests like it — are answered with a picture (the
+    v12 weights answered them with nothing: bench/default/README.md, v12-v14)."""
+    import pytest
+
+    weights = REPO / "configs" / "default" / "weights" / "trainable.safetensors"
+    if not weights.is_file():
+        pytest.skip("the default model's weights are not committed yet")
+    from omniplug.infer.pipeline import Pipeline, Request
+    from omniplug.serve.examples import world_examples
+
+    demo = [e.prompt for e in world_examples(tmp_path, n=1) if e.image is None]
+    assert demo == ["Draw a small red circle."]
+    pipe = Pipeline.from_config(REPO / "configs" / "default" / "omni_tiny.yaml")
+    prompts = demo + ["Draw a house.", "Generate an image of a large blue square."]
+    for prompt, response in zip(prompts, pipe.batch([Request(p) for p in prompts])):
+        assert len(response.images) == 1 and response.text == "[image 1]", (prompt, response.text)
+
+
 def test_gen_conditioning_diagnostic_runs_on_the_shipped_model(tmp_path):
     """bench/default/gen_conditioning.py measures spreads and the prompt share at every timestep."""
     import importlib.util
