@@ -394,3 +394,9 @@ def test_a_mask_trigger_without_an_image_yields_no_mask(seg_pipe, tiny_dir):
     assert [len(r.masks) for r in mixed] == [0, 1]
     _same(mixed[1], seg_pipe.batch([Request("Segment it.", [a], options=Options(max_new_tokens=2,
                                                                                  answer_prefix="<seg>"))])[0])
+
+
+def test_a_single_request_answered_with_a_mask_but_no_image_says_why(seg_pipe):
+    """Asked alone (as the server asks), the same request is refused with a reason (the server's 422)."""
+    with pytest.raises(ValueError, match="no image was given"):
+        seg_pipe([], "Draw a red star.", max_new_tokens=2, answer_prefix="<seg>")

@@ -237,9 +237,16 @@ class Pipeline:
                           temperature=temperature, top_p=top_p, answer_prefix=answer_prefix)
         request = Request(prompt=prompt, images=_as_list(images), history=list(history or []), options=options)
         try:
-            return self.batch([request])[0]
+            response = self.batch([request])[0]
         except RequestError as exc:
             raise RequestError(exc.reason) from None
+        needs_image = [d.tokens[0] for d in self.model.decoders.values() if getattr(d, "needs_image", False)]
+        shown = [f"[{_MARKER_NAMES['masks']} "] if self.markers else needs_image
+        if not request.images and needs_image and not response.masks and any(m in response.text for m in shown):
+            # in a batch such a request just gets no mask; asked alone, say why (the server answers 422)
+            raise ValueError(f"it answered {response.text!r}, with a mask, but no image was given: send the image "
+                             f"the question is about")
+        return response
 
     def batch(self, requests: Sequence[Request | Mapping[str, Any]], *, batch_size: int | None = None,
               progress: Callable[[int], None] | None = None) -> list[Response]:
