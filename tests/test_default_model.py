@@ -53,6 +53,40 @@ def test_shipped_default_model_draws_for_the_demos_drawing_requests(tmp_path):
         assert len(response.images) == 1 and response.text == "[image 1]", (prompt, response.text)
 
 
+def _bench_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / "default" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prompt_form_and_stuff_form_checks_run_on_the_shipped_model(tmp_path):
+    """bench/default/prompt_forms.py scores every drawing-request form and asks the fixed requests;
+    stuff_prompts.py scores stuff regions in both question forms against the split's semantic maps."""
+    import pytest
+
+    if not (REPO / "configs" / "default" / "weights" / "trainable.safetensors").is_file():
+        pytest.skip("the default model's weights are not committed yet")
+    from omniplug.data.world import write_split
+
+    write_split(out_dir=tmp_path / "w", n=3, seed=999, split="val")
+    config = str(REPO / "configs" / "default" / "omni_tiny.yaml")
+    forms = _bench_module("prompt_forms")
+    report = forms.measure(config, [], data=str(tmp_path / "w"), n=2, batch_size=2)
+    assert set(report["forms"]) == set(forms.forms()) and "brief/sketch" in report["forms"]
+    for figures in report["forms"].values():
+        assert figures["n"] == 2 and 0.0 <= figures["answered"] <= 1.0 and 0.0 <= figures["colour_f1"] <= 1.0
+    assert [r["prompt"] for r in report["requests"]] == list(forms.REQUESTS)
+    assert report["requests_answered"] == sum(r["pictures"] > 0 for r in report["requests"]) / len(forms.REQUESTS)
+    stuff = _bench_module("stuff_prompts").measure(config, [], data=tmp_path / "w", n=3)
+    assert {k.split("/")[0] for k in stuff["iou"]} == {"semantic", "referring"}
+    assert all((v["mean"] is None) == (v["n"] == 0) and 0.0 <= (v["mean"] or 0.0) <= 1.0 and v["n"] <= 3
+               for v in stuff["iou"].values())
+    assert stuff["iou"]["semantic/sky"]["n"] == 3  # every scene has sky
+
+
 def test_gen_conditioning_diagnostic_runs_on_the_shipped_model(tmp_path):
     """bench/default/gen_conditioning.py measures spreads and the prompt share at every timestep."""
     import importlib.util

@@ -38,10 +38,11 @@ def measure(config: str, overrides: list[str], *, data: Path, n: int) -> dict:
                 if truth.any():
                     requests.append(Request(template.format(name), [data / "images" / f"{i:06d}.png"]))
                     truths.append(truth)
-            for response, truth in zip(pipe.batch(requests), truths):
+            for response, truth in zip(pipe.batch(requests) if requests else [], truths):
                 mask = np.asarray(response.masks[0].mask, bool) if response.masks else np.zeros_like(truth)
                 ious.append(float((mask & truth).sum() / (mask | truth).sum()))
-            report["iou"][f"{form}/{name}"] = {"mean": round(float(np.mean(ious)), 3), "n": len(ious)}
+            mean = round(float(np.mean(ious)), 3) if ious else None  # None: no image of the split shows it
+            report["iou"][f"{form}/{name}"] = {"mean": mean, "n": len(ious)}
             print(form, name, report["iou"][f"{form}/{name}"], flush=True)
     return report
 
