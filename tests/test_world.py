@@ -358,3 +358,5 @@ def test_brief_drawing_requests_name_the_objects_alone(tmp_path):
     assert seen[True] == list(verbs) * 2 and seen[False] == list(verbs) * 2
     with pytest.raises(ValueError, match="brief_every is for task generation"):
         WorldTaskDataset(root=str(root), task="referring", n=6, seed=5, brief_every=2)
+    with pytest.raises(ValueError, match="brief_every must be >= 0"):
+        WorldTaskDataset(root=str(root), task="generation", n=16, seed=5, brief_every=-1)
