@@ -64,7 +64,7 @@ def _bench_module(name: str):
 
 def test_prompt_form_and_stuff_form_checks_run_on_the_shipped_model(tmp_path):
     """bench/default/prompt_forms.py scores every drawing-request form and asks the fixed requests;
-    stuff_prompts.py scores stuff regions in both question forms against the split's semantic maps."""
+    seg_forms.py scores stuff regions and objects in every mask-request form against the split's maps."""
     import pytest
 
     if not (REPO / "configs" / "default" / "weights" / "trainable.safetensors").is_file():
@@ -80,10 +80,12 @@ def test_prompt_form_and_stuff_form_checks_run_on_the_shipped_model(tmp_path):
         assert figures["n"] == 2 and 0.0 <= figures["answered"] <= 1.0 and 0.0 <= figures["colour_f1"] <= 1.0
     assert [r["prompt"] for r in report["requests"]] == list(forms.REQUESTS)
     assert report["requests_answered"] == sum(r["pictures"] > 0 for r in report["requests"]) / len(forms.REQUESTS)
-    stuff = _bench_module("stuff_prompts").measure(config, [], data=tmp_path / "w", n=3)
-    assert {k.split("/")[0] for k in stuff["iou"]} == {"semantic", "referring"}
+    seg = _bench_module("seg_forms")
+    stuff = seg.measure(config, [], data=tmp_path / "w", n=3)
+    assert set(stuff["iou"]) == {f"{f}/{c}" for f in seg.FORMS for c in seg.STUFF}
+    assert set(stuff["objects"]) == set(seg.FORMS) and all(v["n"] == 3 for v in stuff["objects"].values())
     assert all((v["mean"] is None) == (v["n"] == 0) and 0.0 <= (v["mean"] or 0.0) <= 1.0 and v["n"] <= 3
-               for v in stuff["iou"].values())
+               for v in [*stuff["iou"].values(), *stuff["objects"].values()])
     assert stuff["iou"]["semantic/sky"]["n"] == 3  # every scene has sky
 
 

@@ -226,6 +226,24 @@ def test_semantic_seg_absent_class_has_empty_target(tmp_path):
     assert len(text_only.targets["seg"]) == 1 and "No, there is no boat." in [t.text for t in text_only.turns]
 
 
+def test_semantic_seg_asks_named_classes_in_their_own_forms(tmp_path):
+    """question_templates_by_class: stuff in the referring form, things in the class template."""
+    _semantic_dir(tmp_path)
+    forms = ["Please segment the {class_name}.", "Segment the {class_name}."]
+    questions = set()
+    for seed in range(8):
+        s = SemanticSegDataset(data_dir=str(tmp_path), classes_per_sample=None, seed=seed,
+                               question_templates_by_class={"sky": forms})[0]
+        asked = dict(zip(s.meta["labels"], [t.text for t in s.turns if t.role == "user"]))
+        questions.add(asked["sky"])
+        assert asked["tree"] == "What is tree in this image? Please output segmentation mask."
+    assert questions == {"Please segment the sky.", "Segment the sky."}  # each form drawn, seeded
+    with pytest.raises(ValueError, match=r"names \['grass'\].*classes: \['boat', 'car', 'sky', 'tree'\]"):
+        SemanticSegDataset(data_dir=str(tmp_path), question_templates_by_class={"grass": forms})
+    with pytest.raises(ValueError, match="lacks the {class_name} placeholder"):
+        SemanticSegDataset(data_dir=str(tmp_path), question_templates_by_class={"sky": ["Segment the sky."]})
+
+
 def test_semantic_seg_unknown_label_value_is_reported(tmp_path):
     _semantic_dir(tmp_path)
     (tmp_path / "classes.json").write_text(json.dumps(["sky", "tree"]))

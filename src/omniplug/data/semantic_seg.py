@@ -18,11 +18,17 @@ are *not* in the image; the answer says so and still holds ``<seg>``, whose targ
 mask — the decoder learns to return nothing there and evaluation scores an empty prediction of
 an empty target as IoU 1.0. An ``absent_answer_templates`` entry without ``<seg>`` teaches a
 text-only "no" instead (that question then carries no mask target).
+
+``question_templates_by_class: {class name: [templates]}`` asks the named classes in their own forms: stuff
+regions in the referring form people type ("Please segment the sky."), while thing classes keep a form of
+their own — "Please segment the circle." in a referring dataset means one circle, here all of them, and one
+question form meaning both made the default model's referring masks worse (bench/default/README.md, v15).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +51,7 @@ class SemanticSegDataset(Dataset):
                  question_templates: tuple[str, ...] = ("What is {class_name} in this image? Please output segmentation mask.",),
                  answer_templates: tuple[str, ...] = ("It is <seg>.",),
                  absent_answer_templates: tuple[str, ...] = ("There is no {class_name} in this image: <seg>.",),
+                 question_templates_by_class: dict[str, Sequence[str]] | None = None,
                  seg_token: str = "<seg>", task: str = "seg", seed: int = 0, max_samples: int | None = None,
                  name: str = "semantic_seg") -> None:
         root = Path(data_dir).expanduser()
@@ -62,6 +69,13 @@ class SemanticSegDataset(Dataset):
         if absent_per_sample < 0:
             raise ValueError(f"{what}: absent_per_sample must be >= 0")
         sc.check_templates(question_templates, answer_templates, what=what, field="{class_name}")
+        by_class = {str(k): tuple(v) for k, v in (question_templates_by_class or {}).items()}
+        unknown = sorted(set(by_class) - set(self.classes.values()))
+        if unknown:
+            raise ValueError(f"{what}: question_templates_by_class names {unknown}, which are not in {classes_file} "
+                             f"(classes: {sorted(self.classes.values())})")
+        for templates in by_class.values():
+            sc.check_templates(templates, answer_templates, what=what, field="{class_name}")
         for a in absent_answer_templates:
             if a.count(sc.SEG) > 1:
                 raise ValueError(f"{what}: absent answer template {a!r} holds {sc.SEG} more than once")
@@ -80,6 +94,7 @@ class SemanticSegDataset(Dataset):
         self.shuffle_classes = shuffle_classes
         self.questions, self.answers = tuple(question_templates), tuple(answer_templates)
         self.absent_answers = tuple(absent_answer_templates)
+        self.questions_by_class = by_class
         self.seg_token, self.task, self.seed, self.name = seg_token, task, seed, name
 
     def __len__(self) -> int:
@@ -113,7 +128,7 @@ class SemanticSegDataset(Dataset):
         names: list[str] = []
         for k, (value, is_present) in enumerate(asked):
             name = self.classes[value]
-            question = rng.choice(self.questions).format(class_name=name)
+            question = rng.choice(self.questions_by_class.get(name, self.questions)).format(class_name=name)
             template = rng.choice(self.answers if is_present else self.absent_answers)
             answer = sc.with_token(template.format(class_name=name), self.seg_token)
             turns += [Turn(role="user", text=question, images=1 if k == 0 else 0), Turn(role="assistant", text=answer)]
