@@ -1,8 +1,8 @@
 """Mask requests in the forms people type. Stuff regions (sky, grass, water) asked in the semantic template the
 data has always used ("What is sky in this image? Please output segmentation mask.") and in the referring forms
 ("Please segment the sky.", "Segment the sky.") and a form no recipe trains ("Could you segment the sky?");
-objects asked by their refCOCO expression in the same four forms. Mean IoU per form and class (stuff) or per form (objects) over the first ``--n`` images of a world split,
-against its semantic maps and instance masks.
+objects asked by their refCOCO expression in the same four forms. Mean IoU per form and class (stuff) or per
+form (objects) over the first ``--n`` images of a world split, against its semantic maps and instance masks.
 
     python bench/default/seg_forms.py [--config configs/default/omni_tiny.yaml] [--data data/world/eval/val]
         [--n 20] [--out FILE] [overrides ...]
@@ -27,9 +27,9 @@ from omniplug.config import load_config  # noqa: E402
 from omniplug.data.seg_common import decode_coco_segmentation, fill  # noqa: E402
 from omniplug.infer.pipeline import Pipeline, Request  # noqa: E402
 
-FORMS = {"semantic": "What is {} in this image? Please output segmentation mask.",
-         "referring": "Please segment the {}.", "imperative": "Segment the {}.",
-         "untrained": "Could you segment the {}?"}  # a form no recipe trains: how far phrasing generalises
+FORMS = {"semantic": "What is {sent} in this image? Please output segmentation mask.",
+         "referring": "Please segment the {sent}.", "imperative": "Segment the {sent}.",
+         "untrained": "Could you segment the {sent}?"}  # a form no recipe trains: how far phrasing generalises
 STUFF = ("sky", "grass", "water")
 
 
@@ -69,12 +69,12 @@ def measure(config: str, overrides: list[str], *, data: Path, n: int) -> dict:
             for i in range(n):
                 truth = np.asarray(Image.open(data / "semantic" / f"{i:06d}.png")) == classes.index(name)
                 if truth.any():
-                    requests.append(Request(template.format(name), [data / "images" / f"{i:06d}.png"]))
+                    requests.append(Request(fill(template, sent=name), [data / "images" / f"{i:06d}.png"]))
                     truths.append(truth)
             ious = [_iou(r, t) for r, t in zip(pipe.batch(requests) if requests else [], truths)]
             report["iou"][f"{form}/{name}"] = _mean(ious)
             print(form, name, report["iou"][f"{form}/{name}"], flush=True)
-        requests = [Request(fill(template.format(sent)), [data / "images" / file]) for file, sent, _ in objects]
+        requests = [Request(fill(template, sent=sent), [data / "images" / file]) for file, sent, _ in objects]
         ious = [_iou(r, m) for r, (_, _, m) in zip(pipe.batch(requests) if requests else [], objects)]
         report["objects"][form] = _mean(ious)
         print(form, "objects", report["objects"][form], flush=True)
