@@ -104,6 +104,36 @@ def test_forward_orders_masks_and_encodes_each_image_once(sam):
     np.testing.assert_array_equal(masks[2].mask, (out.mask_logits[2] > 0).numpy())
 
 
+def test_masks_of_one_image_size_are_decoded_and_scored_together(tiny_dir):
+    """Masks are upsampled and scored per image size, not per mask (GPU steps were bound by per-mask kernel
+    launches: bench/cuda/README.md); values, order and gradients are those of the per-mask computation."""
+    torch.manual_seed(0)
+    sam = SamDecoder(model_name_or_path=str(tiny_dir / "sam"), prompt_align_weight=0.2)
+    images = _images()
+    pixels = sam.prepare_images(images)
+    torch.manual_seed(2)
+    prompts = torch.randn(4, 1, sam.prompt_dim, requires_grad=True)
+    batch_index = torch.tensor([1, 0, 1, 0])  # two image sizes, interleaved
+    out = sam(DecoderInput(prompts=prompts, batch_index=batch_index, batch_size=2, pixels=pixels))
+    assert [(idx, tuple(g.shape)) for idx, g in out.groups] == [([0, 2], (2, 64, 30)), ([1, 3], (2, 40, 64))]
+    padded = tuple(pixels.pixel_values.shape[-2:])
+    for i, b in enumerate(batch_index.tolist()):
+        one = upsample_mask(out.low_res_logits[i], padded=padded, input_size=pixels.input_sizes[b],
+                            original_size=pixels.original_sizes[b])
+        torch.testing.assert_close(out.mask_logits[i], one)
+    rng = np.random.default_rng(3)
+    targets = [torch.from_numpy(rng.random(tuple(m.shape)) > 0.5).float() for m in out.mask_logits]
+    grouped = sam.loss(out, targets)
+    g_grouped = torch.autograd.grad(grouped["bce"] + grouped["dice"] + grouped["align"], prompts, retain_graph=True)[0]
+    per_mask = sam.loss(SamOutput(**{**out.__dict__, "groups": None}), targets)  # one group per mask
+    g_per_mask = torch.autograd.grad(per_mask["bce"] + per_mask["dice"] + per_mask["align"], prompts)[0]
+    for key in ("bce", "dice", "align"):
+        torch.testing.assert_close(grouped[key], per_mask[key])
+    torch.testing.assert_close(g_grouped, g_per_mask)
+    with pytest.raises(ValueError, match=r"target masks \[\(40, 64\)\] vs predictions \(64, 30\)"):
+        sam.loss(out, [targets[1]] * 4)
+
+
 def test_upsample_crops_the_padding():
     low = torch.zeros(4, 4)
     low[:, 2:] = 5.0  # right half of the padded square is padding for a 16x8 image

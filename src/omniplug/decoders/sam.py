@@ -58,6 +58,10 @@ class SamOutput(DecoderOutput):
     image_embeddings: Tensor | None = None  # (M, C, h, w) the image encoder's output each mask was decoded from
     prompts: Tensor | None = None  # (M, C) the sparse prompt each mask was decoded from
     input_sizes: list[tuple[int, int]] | None = None  # per mask: its image's (h, w) inside SAM's padded input
+    # the same logits as ``mask_logits``, one (k, H, W) tensor per image size: (mask indices, logits). The loss
+    # reads these, so a batch costs a few kernels per image size instead of a few per mask (GPU steps were
+    # bound by those launches: bench/cuda/README.md)
+    groups: list[tuple[list[int], Tensor]] | None = None
 
 
 def sigmoid_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -186,13 +190,20 @@ class SamDecoder(Decoder):
                                                multimask_output=False)
         low_res = low_res[:, 0, 0]  # (M, h, w)
         padded = tuple(pixels.pixel_values.shape[-2:])
-        logits = []
-        for i, b in enumerate(batch_index.tolist()):
-            logits.append(upsample_mask(low_res[i], padded=padded, input_size=pixels.input_sizes[b],
-                                        original_size=pixels.original_sizes[b]))
+        images = batch_index.tolist()
+        logits: list[Tensor | None] = [None] * m
+        groups = []
+        for idx in _group_by([(pixels.input_sizes[b], pixels.original_sizes[b]) for b in images]):
+            b = images[idx[0]]
+            rows = low_res if len(idx) == m else low_res[torch.tensor(idx, device=low_res.device)]
+            group = upsample_mask(rows, padded=padded, input_size=pixels.input_sizes[b],
+                                  original_size=pixels.original_sizes[b])
+            groups.append((idx, group))
+            for i, view in zip(idx, group.unbind(0)):
+                logits[i] = view
         return SamOutput(batch_index=batch_index, mask_logits=logits, low_res_logits=low_res, scores=iou[:, 0, 0],
                          image_embeddings=embeds, prompts=sparse[:, 0, 0],
-                         input_sizes=[pixels.input_sizes[b] for b in batch_index.tolist()])
+                         input_sizes=[pixels.input_sizes[b] for b in images], groups=groups)
 
     def dense_features(self, out: SamOutput) -> Tensor | None:
         return out.image_embeddings
@@ -201,17 +212,26 @@ class SamDecoder(Decoder):
         if len(targets) != len(out.mask_logits):
             raise ValueError(f"decoder sam: {len(out.mask_logits)} predicted masks but {len(targets)} targets")
         bce = dice = out.low_res_logits.new_zeros((), dtype=torch.float32)
-        for logits, target in zip(out.mask_logits, targets):
-            target = target.to(logits.device, torch.float32)
-            if target.shape != logits.shape:
-                raise ValueError(f"decoder sam: target mask {tuple(target.shape)} vs prediction {tuple(logits.shape)}")
-            bce = bce + sigmoid_bce_loss(logits[None].float(), target[None]).sum()
-            dice = dice + dice_loss(logits[None].float(), target[None]).sum()
+        for idx, logits in self._groups(out):
+            shapes = {tuple(targets[i].shape) for i in idx}
+            if shapes != {tuple(logits.shape[1:])}:
+                raise ValueError(f"decoder sam: target masks {sorted(shapes)} vs predictions {tuple(logits.shape[1:])}")
+            target = torch.stack([targets[i] for i in idx]).to(logits.device, torch.float32)
+            bce = bce + sigmoid_bce_loss(logits.float(), target).sum()
+            dice = dice + dice_loss(logits.float(), target).sum()
         n = max(len(targets), 1)
         losses = {"bce": self.bce_loss_weight * bce / n, "dice": self.dice_loss_weight * dice / n}
         if self.align_head is not None and out.prompts is not None:
             losses["align"] = self.prompt_align_weight * self.align_loss(out, targets)
         return losses
+
+    @staticmethod
+    def _groups(out: SamOutput) -> list[tuple[list[int], Tensor]]:
+        """The output's masks as (indices, (k, H, W) logits) per image size; one per mask for an output
+        built without groups (e.g. by hand)."""
+        if out.groups is not None:
+            return out.groups
+        return [([i], logits[None]) for i, logits in enumerate(out.mask_logits)]
 
     def region_descriptors(self, out: SamOutput, targets: list[Tensor]) -> Tensor:
         """(M, 2C): SAM's image embedding and its image-wide positional encoding, each averaged over the
@@ -221,13 +241,12 @@ class SamDecoder(Decoder):
         embeds = out.image_embeddings.detach().float()
         grid = tuple(embeds.shape[-2:])
         side = int(self.model.config.vision_config.image_size)
-        weights = []
-        for target, (h, w) in zip(targets, out.input_sizes):
-            t = F.interpolate(target.to(embeds.device, torch.float32)[None, None], size=(h, w), mode="bilinear",
-                              align_corners=False)
-            t = F.pad(t, (0, side - w, 0, side - h))
-            weights.append(F.adaptive_avg_pool2d(t, grid)[0, 0])
-        weight = torch.stack(weights)
+        weight = embeds.new_empty((len(targets), *grid))
+        for idx in _group_by([(tuple(t.shape), size) for t, size in zip(targets, out.input_sizes)]):
+            h, w = out.input_sizes[idx[0]]
+            t = torch.stack([targets[i] for i in idx]).to(embeds.device, torch.float32)[:, None]
+            t = F.pad(F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False), (0, side - w, 0, side - h))
+            weight[torch.tensor(idx, device=weight.device)] = F.adaptive_avg_pool2d(t, grid)[:, 0]
         weight = weight / weight.sum(dim=(1, 2), keepdim=True).clamp_min(1e-6)
         positional = self.model.get_image_wide_positional_embeddings()[0].detach().float()
         return torch.cat([torch.einsum("mchw,mhw->mc", embeds, weight), torch.einsum("chw,mhw->mc", positional, weight)], -1)
@@ -235,7 +254,10 @@ class SamDecoder(Decoder):
     def align_loss(self, out: SamOutput, targets: list[Tensor]) -> Tensor:
         """Symmetric InfoNCE between the projected prompts and the region descriptors of the batch's
         non-empty masks (each prompt's own region is its positive); 0 with fewer than two such masks."""
-        keep = [i for i, t in enumerate(targets) if float(t.sum()) > 0]
+        nonempty = torch.zeros(len(targets), dtype=torch.bool)
+        for idx in _group_by([tuple(t.shape) for t in targets]):  # one device sync per mask size, not per mask
+            nonempty[idx] = torch.stack([targets[i] for i in idx]).flatten(1).any(1).cpu()
+        keep = nonempty.nonzero().flatten().tolist()
         if len(keep) < 2:
             return out.prompts.sum() * 0.0
         idx = torch.tensor(keep, device=out.prompts.device)
@@ -266,12 +288,23 @@ class SamDecoder(Decoder):
 
 def upsample_mask(low_res: Tensor, *, padded: tuple[int, int], input_size: tuple[int, int],
                   original_size: tuple[int, int]) -> Tensor:
-    """(h, w) low-res logits -> (H, W) logits at the original image size: upsample to SAM's padded
-    input, drop the padding, resize to the original size (bilinear, as SAM and LISA do)."""
-    x = F.interpolate(low_res[None, None].float(), size=padded, mode="bilinear", align_corners=False)
+    """(..., h, w) low-res logits -> (..., H, W) logits at the original image size: upsample to SAM's padded
+    input, drop the padding, resize to the original size (bilinear, as SAM and LISA do). Leading dimensions
+    are masks of images of one size."""
+    lead = low_res.shape[:-2]
+    x = F.interpolate(low_res.reshape(-1, 1, *low_res.shape[-2:]).float(), size=padded, mode="bilinear",
+                      align_corners=False)
     x = x[..., : input_size[0], : input_size[1]]
     x = F.interpolate(x, size=tuple(original_size), mode="bilinear", align_corners=False)
-    return x[0, 0]
+    return x.reshape(*lead, *x.shape[-2:])
+
+
+def _group_by(keys: list) -> list[list[int]]:
+    """Indices of equal keys, in first-seen order: [a, b, a] -> [[0, 2], [1]]."""
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 def _processor(path: Path, model: SamModel) -> SamImageProcessorPil:
