@@ -54,6 +54,14 @@ def test_same_seed_same_bytes_other_seed_differs(split_dir, tmp_path):
     assert first["images/000000.png"] != other["images/000000.png"]
 
 
+def test_several_processes_write_the_same_bytes(split_dir, tmp_path):
+    write_split(out_dir=tmp_path / "parallel", n=N, seed=0, split="train", workers=2)
+    first, parallel = _files(split_dir), _files(tmp_path / "parallel")
+    assert first.keys() == parallel.keys() and [k for k in first if first[k] != parallel[k]] == []
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        write_split(out_dir=tmp_path / "none", n=N, seed=0, split="train", workers=0)
+
+
 def test_scene_regenerates_alone_and_round_trips(split_dir):
     scenes = read_scenes(split_dir)
     assert len(scenes) == N and [s.index for s in scenes] == list(range(N))

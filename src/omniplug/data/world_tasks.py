@@ -25,6 +25,7 @@ WorldTask = Literal["caption_vqa", "referring", "reasoning", "semantic", "part",
 def ensure_split(*, root: str | Path, split: str, n: int, seed: int, size: int = 64) -> Path:
     """Generate the split into ``root`` unless an identical one is there; safe across processes."""
     from omniplug.data.world import WorldConfig, write_split
+    from omniplug.data.world.writers import default_workers
 
     root = Path(root).expanduser().resolve()
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +41,7 @@ def ensure_split(*, root: str | Path, split: str, n: int, seed: int, size: int =
                                  f"delete the folder or point 'root' elsewhere")
             return root
         write_split(out_dir=root, n=n, seed=seed, split=split, config=WorldConfig(size=size), overwrite=True,
-                    progress=True)
+                    progress=True, workers=default_workers())
     return root
 
 

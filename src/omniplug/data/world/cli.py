@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--max-objects", type=int, default=None, help="most objects per scene (default 6)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing split in --out")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.add_argument("--workers", type=int, default=None,
+                     help="processes rendering scenes (default: the usable cores, at most 8); same files for any")
     acc = sub.add_parser("analyse", help="measure the image analyser on freshly generated scenes")
     acc.add_argument("--n", type=int, default=500)
     acc.add_argument("--seed", type=int, default=0)
@@ -59,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
         if args.world_command == "generate":
-            from .writers import write_split
+            from .writers import default_workers, write_split
             summary = write_split(out_dir=args.out, n=args.n, seed=args.seed, split=args.split, config=config,
-                                  overwrite=args.overwrite, progress=not args.no_progress)
+                                  overwrite=args.overwrite, progress=not args.no_progress,
+                                  workers=default_workers() if args.workers is None else args.workers)
             counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items())
             print(f"wrote {summary.n} {summary.split} scenes to {summary.out_dir} in {summary.seconds:.1f}s "
                   f"({summary.scenes_per_second:.0f} scenes/s; {counts})")

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -74,6 +77,13 @@ class _Writer:
         self.generation: list[str] = []
         self.editing: list[str] = []
         self.counts = {"objects": 0, "refs": 0, "reason_seg": 0, "editing": 0, "generation": 0}
+
+    def merge(self, other: "_Writer") -> None:
+        """Append the records of ``other`` (the next scenes in index order)."""
+        for field in ("scenes", "llava", "images", "instances", "panoptic", "refs", "generation", "editing"):
+            getattr(self, field).extend(getattr(other, field))
+        for key, value in other.counts.items():
+            self.counts[key] += value
 
     def add(self, index: int) -> None:
         cfg, name = self.config, _name(index)
@@ -252,12 +262,22 @@ class SplitSummary:
         return self.n / max(self.seconds, 1e-9)
 
 
+def default_workers() -> int:
+    """Processes for generating a split: the cores this process may use, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def write_split(*, out_dir: str | Path, n: int, seed: int, split: str = "train", config: WorldConfig | None = None,
-                overwrite: bool = False, progress: bool = False) -> SplitSummary:
-    """Generate scenes 0..n-1 of ``split`` and write every annotation file into ``out_dir``."""
+                overwrite: bool = False, progress: bool = False, workers: int = 1) -> SplitSummary:
+    """Generate scenes 0..n-1 of ``split`` and write every annotation file into ``out_dir``.
+
+    ``workers`` > 1 renders chunks of scenes in that many processes; every scene is a function of
+    (config, seed, split, index) alone, so the files are byte-identical to a one-process run."""
     config = config or WorldConfig()
     if n < 1:
         raise ValueError(f"n must be >= 1 (got {n})")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 (got {workers})")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; choose an empty directory or pass overwrite=True (--overwrite)")
@@ -267,14 +287,39 @@ def write_split(*, out_dir: str | Path, n: int, seed: int, split: str = "train",
         (out / sub).mkdir(parents=True, exist_ok=True)
     w = _Writer(out=out, config=config, seed=seed, split=split, n=n)
     start = time.perf_counter()
-    indices: Iterable[int] = range(n)
+    bar = None
     if progress:
         from tqdm import tqdm
-        indices = tqdm(indices, desc=f"world {split}", unit="scene")
-    for i in indices:
-        w.add(i)
+        bar = tqdm(total=n, desc=f"world {split}", unit="scene")
+    if workers == 1:
+        for i in range(n):
+            w.add(i)
+            if bar is not None:
+                bar.update(1)
+    else:
+        size = max(1, min(_CHUNK, -(-n // (4 * workers))))  # >= 4 tasks per process, for an even finish
+        chunks = [range(a, min(a + size, n)) for a in range(0, n, size)]
+        # spawn, not fork: the caller may be a training process with torch's thread pools running
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            parts = [pool.submit(_write_chunk, out, config, seed, split, n, chunk) for chunk in chunks]
+            for part, chunk in zip(parts, chunks):  # merged in scene order, whatever order they finish in
+                w.merge(part.result())
+                if bar is not None:
+                    bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
     w.finish()
     return SplitSummary(out_dir=out, split=split, n=n, seconds=time.perf_counter() - start, counts=dict(w.counts))
+
+
+_CHUNK = 200  # at most this many scenes per task when several processes write a split
+
+
+def _write_chunk(out: Path, config: WorldConfig, seed: int, split: str, n: int, indices: range) -> _Writer:
+    w = _Writer(out=out, config=config, seed=seed, split=split, n=n)
+    for i in indices:
+        w.add(i)
+    return w
 
 
 _KNOWN_FILES = ("meta.json", "scenes.jsonl", "llava.json", "instances.json", "refs.json", "panoptic.json",
