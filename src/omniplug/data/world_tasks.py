@@ -41,7 +41,7 @@ def ensure_split(*, root: str | Path, split: str, n: int, seed: int, size: int =
                                  f"delete the folder or point 'root' elsewhere")
             return root
         write_split(out_dir=root, n=n, seed=seed, split=split, config=WorldConfig(size=size), overwrite=True,
-                    progress=True, workers=default_workers())
+                    progress=True, workers=default_workers(n))
     return root
 
 

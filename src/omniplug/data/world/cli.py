@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--overwrite", action="store_true", help="replace an existing split in --out")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.add_argument("--workers", type=int, default=None,
-                     help="processes rendering scenes (default: the usable cores, at most 8); same files for any")
+                     help="processes rendering scenes (default: the usable cores, at most 8; 1 below 500 scenes); "
+                          "the same files for any number")
     acc = sub.add_parser("analyse", help="measure the image analyser on freshly generated scenes")
     acc.add_argument("--n", type=int, default=500)
     acc.add_argument("--seed", type=int, default=0)
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             from .writers import default_workers, write_split
             summary = write_split(out_dir=args.out, n=args.n, seed=args.seed, split=args.split, config=config,
                                   overwrite=args.overwrite, progress=not args.no_progress,
-                                  workers=default_workers() if args.workers is None else args.workers)
+                                  workers=default_workers(args.n) if args.workers is None else args.workers)
             counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items())
             print(f"wrote {summary.n} {summary.split} scenes to {summary.out_dir} in {summary.seconds:.1f}s "
                   f"({summary.scenes_per_second:.0f} scenes/s; {counts})")

@@ -262,9 +262,11 @@ class SplitSummary:
         return self.n / max(self.seconds, 1e-9)
 
 
-def default_workers() -> int:
-    """Processes for generating a split: the cores this process may use, at most 8."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+def default_workers(n: int) -> int:
+    """Processes for generating a split of ``n`` scenes: the cores this process may use, at most 8; one
+    below 500 scenes, where starting processes costs more than it saves."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 if n < 500 else max(1, min(8, cores))
 
 
 def write_split(*, out_dir: str | Path, n: int, seed: int, split: str = "train", config: WorldConfig | None = None,
