@@ -1,0 +1,58 @@
+"""The default recipe's eval figures against the samples it trained on: one line per task, log-scale samples.
+
+    python bench/default/samples_curve.py [--out bench/default/samples_curve.png]
+
+Reads the 200-samples-per-task evals of the same recipe at different sample counts (those present): the quarter
+run on an H200 (bench/cuda/eval200_scale_h200.json, 20,000 samples), v14 as shipped (eval200_v14.json, 80,000)
+and x4 (eval200_x4.json, 320,000, once a session has finished and evaluated bench/default/x4.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RUNS = ((20_000, REPO / "bench" / "cuda" / "eval200_scale_h200.json"),
+        (80_000, REPO / "bench" / "default" / "eval200_v14.json"),
+        (320_000, REPO / "bench" / "default" / "eval200_x4.json"))
+FIGURES = (("caption", "object_f1", 0.95), ("vqa", "accuracy", 0.90), ("referring", "ciou", 0.90),
+           ("reasoning", "giou", 0.80), ("semantic", "miou", 0.90), ("part", "miou", 0.80), ("panoptic", "pq", 0.75),
+           ("generation", "colour_f1", None))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "bench" / "default" / "samples_curve.png"))
+    args = parser.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(n, json.loads(path.read_text())) for n, path in RUNS if path.is_file()]
+    if len(runs) < 2:
+        raise SystemExit(f"need at least two of {[str(p) for _, p in RUNS]}")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (task, key, target) in enumerate(FIGURES):
+        colour = f"C{i}"
+        xs, ys = [n for n, _ in runs], [float(r[task][key]) for _, r in runs]
+        ax.plot(xs, ys, "o-", color=colour, label=f"{task} {key}" + (f" (target {target})" if target else ""))
+        if target:
+            ax.axhline(target, color=colour, linestyle=":", linewidth=0.8)
+    means = [sum(float(r[t][k]) for t, k, goal in FIGURES if goal) / 7 for _, r in runs]
+    ax.plot([n for n, _ in runs], means, "k-", linewidth=2.5, label="mean of the seven mask/text figures")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples (same recipe and curriculum; 200 eval samples per task)")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 1)
+    ax.set_title("Default recipe: eval figures vs training samples (dotted: issue targets)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"{args.out}: {len(runs)} runs; means {[round(m, 3) for m in means]}")
+
+
+if __name__ == "__main__":
+    main()
