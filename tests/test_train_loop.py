@@ -140,6 +140,23 @@ def test_a_curriculum_trains_its_phases_in_order_and_resumes_across_them(tiny_di
     assert _without_time(_rows(cut_out)) == _without_time(rows)
 
 
+def test_length_grouped_batches_train_and_resume_exactly(tiny_dir, tmp_path):
+    # two datasets of different lengths, windows of 3 batches sorted by length; a run cut at step 3 and resumed
+    # from its step-2 checkpoint (mid-window) logs exactly what the uninterrupted run logs
+    grouped = ["data.train={phrase: 1, phrase_tst: 1}", "trainer.length_group_window=3"]
+    full_out, cut_out = tmp_path / "full", tmp_path / "cut"
+    train(load_config(write_config(tiny_dir, tmp_path, out=full_out), grouped))
+    path = write_config(tiny_dir, tmp_path, out=cut_out)
+    train(load_config(path, [*grouped, "trainer.save_every=2"]), stop_after_steps=3)
+    train(load_config(path, [*grouped, "trainer.save_every=2", "trainer.resume_ckpt_path=auto"]))
+    assert _without_time(_rows(cut_out)) == _without_time(_rows(full_out))
+    plain_out = tmp_path / "plain"
+    train(load_config(write_config(tiny_dir, tmp_path, out=plain_out), grouped[:1]))
+    assert [r["loss"] for r in _rows(plain_out)] != [r["loss"] for r in _rows(full_out)]  # other batches
+    with pytest.raises(Exception, match="length_group_window must be >= 0"):
+        train(load_config(path, [*grouped, "trainer.length_group_window=-1"]))
+
+
 def test_validation_every_n_steps_keeps_resume_exact(tiny_dir, tmp_path):
     # data.eval runs at steps 3 and 6 (trainer.eval_every) besides the epoch ends (4, 8); a run cut at step 3
     # (after its validation, before a checkpoint) and resumed from step 2 logs the same losses and validations

@@ -68,6 +68,30 @@ def test_ranks_split_the_single_process_stream():
     assert r0 != r1
 
 
+def test_length_grouping_reorders_each_window_and_resumes_exactly():
+    stream = MixtureStream(sizes=[50, 20, 30, 7], ratios=[9, 3, 3, 1], seed=3)
+    lengths = [150.0, 25.0, 110.0, 90.0]  # typical tokens per dataset: captions long, drawing prompts short
+
+    def batches(start, n, **kw):
+        return list(_take(iter(RankBatches(stream, start=start, batch_size=4, rank=0, world_size=1, **kw)), n))
+
+    plain, grouped = batches(0, 24), batches(0, 24, group_window=8, lengths=lengths)
+    for w in range(3):  # every window of 8 batches holds the same draws, only in other batches
+        assert sorted(k for b in plain[8 * w:8 * w + 8] for k in b) == sorted(k for b in grouped[8 * w:8 * w + 8] for k in b)
+    spread = lambda bs: np.mean([np.ptp([lengths[d] for d, _ in b]) for b in bs])  # noqa: E731
+    assert spread(grouped) < 0.5 * spread(plain)  # a batch's sequences have similar lengths
+    assert grouped != sorted(grouped, key=lambda b: [lengths[d] for d, _ in b])  # not all short batches first
+    # a resumed run (mid-window, at a batch boundary) gets the same batches; two ranks split them
+    assert batches(12, 12, group_window=8, lengths=lengths) == grouped[3:15]
+    r0 = list(_take(iter(RankBatches(stream, start=0, batch_size=2, rank=0, world_size=2, group_window=8, lengths=lengths)), 24))
+    r1 = list(_take(iter(RankBatches(stream, start=0, batch_size=2, rank=1, world_size=2, group_window=8, lengths=lengths)), 24))
+    assert [a + b for a, b in zip(r0, r1)] == grouped
+    with pytest.raises(ValueError, match="batch boundary"):
+        batches(6, 1, group_window=8, lengths=lengths)
+    with pytest.raises(ValueError, match="one typical length per dataset"):
+        RankBatches(stream, start=0, batch_size=4, rank=0, world_size=1, group_window=8, lengths=[1.0])
+
+
 def test_single_mixture_stream_is_unchanged_by_the_curriculum_code():
     # pinned: the draws a plain mixture made before curricula existed (numpy Generator.choice with p)
     probs = np.array([9, 3, 3, 1]) / 16

@@ -128,6 +128,9 @@ class TrainerConfig:
     eval_max_samples: int | None = None
     eval_every: int = 0  # optimizer steps between validations of data.eval (besides every epoch end); 0 = epoch ends only
     keep_last_checkpoints: int = 3  # complete checkpoints kept in output_dir/checkpoints (older ones are deleted)
+    # length grouping: the draws of every window of this many global batches are sorted by their dataset's typical
+    # token length before being cut into batches (less padding; batches mostly of one task); 0 = off
+    length_group_window: int = 0
     ddp_find_unused_parameters: bool = True  # decoders absent from a batch leave parameters without gradients
     zero_stage: Literal[0, 1, 2] | None = None  # DeepSpeed ZeRO stage via accelerate (CUDA only); None = plain DDP
 

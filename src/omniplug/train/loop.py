@@ -113,7 +113,9 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
 
     loader = DataLoader(MixedDataset(datasets),
                         batch_sampler=RankBatches(stream, start=state.position, batch_size=tc.batch_size_train,
-                                                  rank=rank, world_size=world),
+                                                  rank=rank, world_size=world, group_window=tc.length_group_window,
+                                                  lengths=typical_lengths(datasets, collator)
+                                                  if tc.length_group_window else None),
                         collate_fn=collator, num_workers=tc.num_workers,
                         generator=torch.Generator().manual_seed(tc.seed))  # the loader never touches global RNG
     batches = iter(loader)
@@ -227,6 +229,16 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
 
 
 # --- pieces -------------------------------------------------------------------------------------------
+def typical_lengths(datasets, collator: Collator, *, n: int = 16) -> list[float]:
+    """Each dataset's mean token count (image tokens included) over its first ``n`` samples: the key
+    length grouping sorts draws by (``trainer.length_group_window``)."""
+    lengths = []
+    for dataset in datasets:
+        batch = collator([dataset[i] for i in range(min(n, len(dataset)))])
+        lengths.append(float(batch.attention_mask.sum(dim=1).float().mean()))
+    return lengths
+
+
 def make_optimizer(model, *, weight_decay: float, lr: float) -> torch.optim.AdamW:
     """AdamW over trainable parameters only; no weight decay on biases, norms and other 1-d tensors."""
     decay, no_decay, seen = [], [], set()
@@ -270,7 +282,7 @@ def _check_trainer(config: Config) -> None:
                 "log_every"):
         if getattr(tc, key) < 1:
             raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(tc, key)}")
-    for key in ("save_every", "eval_every"):
+    for key in ("save_every", "eval_every", "length_group_window"):
         if getattr(tc, key) < 0:
             raise ConfigError(f"trainer.{key} must be >= 0 (0 = once per epoch), got {getattr(tc, key)}")
     if tc.eval_every and not config.data.eval:

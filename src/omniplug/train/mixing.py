@@ -105,16 +105,51 @@ def _cdf(ratios: list[float]) -> np.ndarray:
 
 
 class RankBatches(Sampler):
-    """Batch sampler for one rank: lists of ``(dataset, item)`` keys, starting at draw ``start``."""
+    """Batch sampler for one rank: lists of ``(dataset, item)`` keys, starting at draw ``start``.
 
-    def __init__(self, stream: MixtureStream, *, start: int, batch_size: int, rank: int, world_size: int) -> None:
+    ``group_window`` > 0 groups by length (LLaVA's ``group_by_modality_length``, made resumable): the draws of
+    each window of ``group_window`` global batches are sorted by their dataset's typical token length
+    (``lengths``, one per dataset), cut into global batches, and those batches come in a seeded order. A batch
+    then pads its sequences to similar lengths and mostly holds one kind of task. Which draws a window holds,
+    and so the data of a whole run, is unchanged; a window is a pure function of ``(seed, window)``, so a run
+    resumed at any batch boundary continues exactly."""
+
+    def __init__(self, stream: MixtureStream, *, start: int, batch_size: int, rank: int, world_size: int,
+                 group_window: int = 0, lengths: list[float] | None = None) -> None:
+        if group_window < 0:
+            raise ValueError(f"group_window must be >= 0 (0 = no length grouping), got {group_window}")
+        if group_window and (lengths is None or len(lengths) != len(stream.sizes)):
+            raise ValueError(f"length grouping needs one typical length per dataset ({len(stream.sizes)}), "
+                             f"got {None if lengths is None else len(lengths)}")
         self.stream, self.start, self.batch_size, self.rank, self.world_size = stream, start, batch_size, rank, world_size
+        self.group_window, self.lengths = group_window, lengths
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        global_batches = self._grouped() if self.group_window else self._in_order()
+        for group in global_batches:
+            yield group[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def _in_order(self) -> Iterator[list[tuple[int, int]]]:
         draws = self.stream.iterate(self.start)
         while True:
-            group = [next(draws) for _ in range(self.batch_size * self.world_size)]
-            yield group[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            yield [next(draws) for _ in range(self.batch_size * self.world_size)]
+
+    def _grouped(self) -> Iterator[list[tuple[int, int]]]:
+        per = self.batch_size * self.world_size
+        span = per * self.group_window
+        if self.start % per:
+            raise ValueError(f"a length-grouped stream resumes at a batch boundary; draw {self.start} is not a "
+                             f"multiple of {per} (batch_size x world_size)")
+        window, skip = divmod(self.start, span)
+        draws = self.stream.iterate(window * span)
+        skip //= per
+        while True:
+            keys = [next(draws) for _ in range(span)]
+            order = sorted(range(span), key=lambda i: (self.lengths[keys[i][0]], i))
+            batches = [[keys[i] for i in order[b * per:(b + 1) * per]] for b in range(self.group_window)]
+            for b in np.random.default_rng([self.stream.seed, 2, window]).permutation(self.group_window)[skip:]:
+                yield batches[b]
+            window, skip = window + 1, 0
 
     def __len__(self) -> int:  # endless; DataLoader only needs this for len(loader)
         raise TypeError("RankBatches is endless")
