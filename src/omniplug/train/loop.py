@@ -282,9 +282,12 @@ def _check_trainer(config: Config) -> None:
                 "log_every"):
         if getattr(tc, key) < 1:
             raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(tc, key)}")
-    for key in ("save_every", "eval_every", "length_group_window"):
+    for key in ("save_every", "eval_every"):
         if getattr(tc, key) < 0:
             raise ConfigError(f"trainer.{key} must be >= 0 (0 = once per epoch), got {getattr(tc, key)}")
+    if tc.length_group_window < 0:
+        raise ConfigError(f"trainer.length_group_window must be >= 0 (global batches sorted by length together; "
+                          f"0 = no length grouping), got {tc.length_group_window}")
     if tc.eval_every and not config.data.eval:
         raise ConfigError(f"trainer.eval_every={tc.eval_every} but data.eval names no dataset to validate on; "
                           f"set data.eval: [dataset entries] or trainer.eval_every=0")
