@@ -4,7 +4,8 @@
 
 Reads the 200-samples-per-task evals of the same recipe at different sample counts (those present): the quarter
 run on an H200 (bench/cuda/eval200_scale_h200.json, 20,000 samples), v14 as shipped (eval200_v14.json, 80,000)
-and x4 (eval200_x4.json, 320,000, once a session has finished and evaluated bench/default/x4.yaml).
+x2 (eval200_x2.json, 160,000: bench/default/x2.yaml) and x4 (eval200_x4.json, 320,000: bench/default/x4.yaml),
+each once a session has trained and evaluated it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RUNS = ((20_000, REPO / "bench" / "cuda" / "eval200_scale_h200.json"),
         (80_000, REPO / "bench" / "default" / "eval200_v14.json"),
+        (160_000, REPO / "bench" / "default" / "eval200_x2.json"),
         (320_000, REPO / "bench" / "default" / "eval200_x4.json"))
 FIGURES = (("caption", "object_f1", 0.95), ("vqa", "accuracy", 0.90), ("referring", "ciou", 0.90),
            ("reasoning", "giou", 0.80), ("semantic", "miou", 0.90), ("part", "miou", 0.80), ("panoptic", "pq", 0.75),
