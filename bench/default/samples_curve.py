@@ -24,7 +24,7 @@ RUNS = ((20_000, (DEFAULT / "eval200_quarter_cpu.json", REPO / "bench" / "cuda" 
         (80_000, (DEFAULT / "eval200_v14.json",)),
         (160_000, (DEFAULT / "eval200_x2.json",)),
         (320_000, (DEFAULT / "eval200_x4.json",)))
-OTHER_SEEDS = ((40_000, DEFAULT / "eval200_half_seed1.json"),)
+OTHER_SEEDS = ((40_000, DEFAULT / "eval200_half_seed1.json"), (40_000, DEFAULT / "eval200_half_seed2.json"))
 FIGURES = (("caption", "object_f1", 0.95), ("vqa", "accuracy", 0.90), ("referring", "ciou", 0.90),
            ("reasoning", "giou", 0.80), ("semantic", "miou", 0.90), ("part", "miou", 0.80), ("panoptic", "pq", 0.75),
            ("generation", "colour_f1", None))
