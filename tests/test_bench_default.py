@@ -7,13 +7,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from omniplug.config import load_config
+from tests.test_default_model import _same_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,10 +23,6 @@ def _bench(path: str, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _paths_normalised(params: dict) -> dict:
-    return {k: os.path.normpath(v) if isinstance(v, str) and "/" in v else v for k, v in params.items()}
 
 
 @pytest.mark.parametrize("name, steps", [("quarter", 1250), ("half", 2500)])
@@ -46,7 +42,7 @@ def test_samples_curve_runs_are_the_shipped_recipe_at_a_scaled_length(name, step
     assert dataclasses.replace(run.one_model, weights=None) == dataclasses.replace(shipped.one_model, weights=None)
     for kind, entries in shipped.catalogues.items():
         for key, entry in entries.items():
-            assert _paths_normalised(run.catalogues[kind][key].params) == _paths_normalised(entry.params), (kind, key)
+            assert _same_paths(run.catalogues[kind][key].params) == _same_paths(entry.params), (kind, key)
 
 
 def test_every_question_the_world_asks_has_a_vqa_kind(tmp_path):
