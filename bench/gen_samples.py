@@ -74,8 +74,8 @@ def main() -> None:
     from omniplug.data.collate import Collator
     from omniplug.data.conversation import Turn
     from omniplug.data.sample import Sample
-    from omniplug.decoders.diffusion_tiny import BACKGROUND, COLOURS, SHAPES, write_gen_data, write_sd
-    from omniplug.tiny import write_all
+    from omniplug.fixtures.tiny_diffusion import BACKGROUND, COLOURS, SHAPES, write_gen_data, write_sd
+    from omniplug.fixtures.tiny import write_all
 
     work = Path(tempfile.mkdtemp(prefix="omniplug_gen_bench_"))
     write_all(work)

@@ -23,7 +23,7 @@ def tiny_dir(tmp_path_factory):
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    from omniplug.tiny import write_all
+    from omniplug.fixtures.tiny import write_all
 
     out = tmp_path_factory.mktemp("tiny")
     write_all(out)

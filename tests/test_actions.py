@@ -203,7 +203,7 @@ def test_tiny_policy_overfits_a_handful_of_demo_steps(tiny_dir):
 
 
 def test_bad_action_configs_are_loud(tiny_dir):
-    from omniplug.schema import ConfigError
+    from omniplug.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="continuous"):
         _build(tiny_dir, "act_words_tiny", "decoder.act_words_tiny.demos=${base_dir}/act_demos/continuous")

@@ -13,7 +13,7 @@ import torch
 from omniplug.build import build_entry, build_model
 from omniplug.cli import main
 from omniplug.config import EntryConfig
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 
 
 def _proj(ckpt):

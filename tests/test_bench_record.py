@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from omniplug.bench_record import record_header
+from omniplug.eval.bench_record import record_header
 
 
 def test_record_header_paths_are_repo_relative(tmp_path, monkeypatch):

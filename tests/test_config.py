@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from omniplug.config import load_config
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,7 @@ def test_bitsandbytes_quantises_the_llm_through_yaml(tiny_dir, bits, layer, tol)
     """``bits`` on CUDA picks bitsandbytes (quant_backend auto): the LLM loads quantised on the GPU, its
     logits stay close to fp32's, and its weights take fewer bytes."""
     pytest.importorskip("bitsandbytes")
-    from omniplug.quant import weight_bytes
+    from omniplug.llms.quant import weight_bytes
 
     ref = build_model(tiny_dir / "composed.yaml").eval().to("cuda")
     q = build_model(tiny_dir / "composed.yaml", [f"llm.tiny_llama.bits={bits}"]).eval()

@@ -173,10 +173,10 @@ def test_v9_specialists_keep_the_shipped_recipe():
 
 def test_patched_unet_recipe_builds_within_budget_and_its_folder_is_reproducible(tmp_path):
     """bench/default/v11.yaml (the 4x4-patch UNet, base/sd_patch) builds within the 30 MB budget, and the
-    committed config-only folder is what ``omniplug.default_base.write_sd_patch`` writes."""
+    committed config-only folder is what ``omniplug.fixtures.default_architecture.write_sd_patch`` writes."""
     import json
 
-    from omniplug.default_base import write_sd_patch
+    from omniplug.fixtures.default_architecture import write_sd_patch
 
     model = build_model(REPO / "bench" / "default" / "v11.yaml", load_weights=False)
     assert sum(p.numel() for p in model.parameters()) * 4 <= 30 * 2**20

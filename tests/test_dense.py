@@ -14,7 +14,7 @@ from omniplug.config import load_config
 from omniplug.data.collate import Collator
 from omniplug.data.world import DENSE_CHANNELS
 from omniplug.data.world_tasks import WorldTaskDataset
-from omniplug.dense import IGNORE, DenseHead, DenseLabelError, collate_label_maps
+from omniplug.heads.dense import IGNORE, DenseHead, DenseLabelError, collate_label_maps
 
 
 def test_dense_head_learns_a_label_map_and_checks_classes():

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from omniplug.decoders.diffusion import DiffusionDecoder, SourceImages
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 from omniplug.types import DecoderInput, Mask
 
 SEQ, DIM = 8, 32  # the tiny UNet's cross_attention_dim
@@ -136,7 +136,7 @@ def test_paste_back_keeps_pixels_outside_the_mask_exactly(decoder, tiny_dir):
 
 def test_inpainting_unet_and_pixel_space_unet(tmp_path_factory, tiny_dir):
     from omniplug.data.generation import GenerationTarget
-    from omniplug.decoders.diffusion_tiny import write_sd
+    from omniplug.fixtures.tiny_diffusion import write_sd
 
     root = tmp_path_factory.mktemp("sd_variants")
     inpaint = _decoder(write_sd(root / "inpaint", inpainting=True, text_encoder=False), num_inference_steps=2)
@@ -272,7 +272,7 @@ def test_pooled_conditioning_through_the_class_embedding(tmp_path_factory):
     embedding (added to the time embedding), in the loss and in sampling, guided or not; other class
     conditioning and a width mismatch are loud configuration errors."""
     from omniplug.data.generation import GenerationTarget
-    from omniplug.decoders.diffusion_tiny import CROSS_DIM, write_sd
+    from omniplug.fixtures.tiny_diffusion import CROSS_DIM, write_sd
 
     root = tmp_path_factory.mktemp("sd_pooled")
     path = write_sd(root / "pooled", pixel_space=True, text_encoder=False,
@@ -364,7 +364,7 @@ def test_patch_size_folds_pixels_into_channels(tmp_path_factory):
     import torch.nn.functional as F
 
     from omniplug.data.generation import GenerationTarget
-    from omniplug.decoders.diffusion_tiny import write_sd
+    from omniplug.fixtures.tiny_diffusion import write_sd
 
     root = tmp_path_factory.mktemp("sd_patch")
     dec = _decoder(write_sd(root / "p2", pixel_space=True, text_encoder=False, patch=2), vae="none", patch_size=2,

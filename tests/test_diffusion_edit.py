@@ -17,7 +17,7 @@ FAST = ["decoder.tiny_sd.num_inference_steps=2", "one_model.conv_type=plain"]
 @pytest.fixture(scope="module")
 def model_and_config(tiny_dir):
     if not (tiny_dir / "edit.yaml").is_file():
-        pytest.skip("edit.yaml needs the tiny SAM checkpoint (omniplug.decoders.sam_tiny)")
+        pytest.skip("edit.yaml needs the tiny SAM checkpoint (omniplug.fixtures.tiny_sam)")
     config = load_config(tiny_dir / "edit.yaml", FAST)
     return build_model(config), config
 

@@ -30,7 +30,7 @@ def clip_dir(tmp_path_factory):
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
 
-    from omniplug.tiny import _CORPUS, train_tokenizer
+    from omniplug.fixtures.tiny import _CORPUS, train_tokenizer
 
     out = tmp_path_factory.mktemp("clip_full")
     tok = train_tokenizer(_CORPUS)

@@ -21,7 +21,7 @@ from omniplug.data.collate import Collator
 from omniplug.data.conversation import Turn
 from omniplug.data.sample import Sample
 from omniplug.model import ShapeError
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 from omniplug.registry import DECODERS
 from omniplug.types import DecoderInput, DecoderOutput
 from omniplug.weights import load_trainable, save_trainable

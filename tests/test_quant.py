@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from omniplug.build import build_model
-from omniplug.quant import weight_bytes
+from omniplug.llms.quant import weight_bytes
 
 pytest.importorskip("optimum.quanto")
 
@@ -77,7 +77,7 @@ def test_quantised_model_outputs_close_to_fp32(tiny_dir, seg_batch, bits, logit_
     """Full fine-tuning config (plain embedding table, so it is stored as int8 rows too): teacher-forced
     forward of CLIP + quantised Llama + SAM on two samples."""
     from omniplug.data.collate import Collator
-    from omniplug.quant import Int8Embedding
+    from omniplug.llms.quant import Int8Embedding
 
     overrides = ["one_model.conv_type=plain", "one_model.train_mode=2"]
     torch.manual_seed(0)
@@ -101,7 +101,7 @@ def test_quantised_model_outputs_close_to_fp32(tiny_dir, seg_batch, bits, logit_
 def test_int8_embedding_rows():
     from torch import nn
 
-    from omniplug.quant import Int8Embedding, quantize_input_embedding
+    from omniplug.llms.quant import Int8Embedding, quantize_input_embedding
 
     torch.manual_seed(0)
     table = nn.Embedding(50, 16)

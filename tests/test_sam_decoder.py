@@ -186,7 +186,7 @@ def test_set_trainable_options(tiny_dir):
 
 
 def test_missing_checkpoint_says_what_to_do(tmp_path):
-    from omniplug.schema import ConfigError
+    from omniplug.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="omniplug tiny"):
         SamDecoder(model_name_or_path=str(tmp_path / "nope"))

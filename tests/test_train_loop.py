@@ -182,7 +182,7 @@ def test_validation_every_n_steps_keeps_resume_exact(tiny_dir, tmp_path):
     (["data.eval=[phrase_val]", "trainer.eval_every=-1"], "eval_every must be >= 0"),
 ])
 def test_bad_validation_schedules_are_refused(tiny_dir, tmp_path, overrides, message):
-    from omniplug.schema import ConfigError
+    from omniplug.config.schema import ConfigError
 
     path = write_config(tiny_dir, tmp_path, out=tmp_path / "out")
     with pytest.raises(ConfigError, match=message):

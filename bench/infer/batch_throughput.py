@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     best = {name: min(times) for name, times in runs.items()}
     step_costs = llm_step_costs(pipe.model, prompt_len=int(np.mean([len(pipe.collator([pipe._sample(0, r)]).input_ids[0])
                                                                     for r in requests[:8]])), batch_size=args.batch_size)
-    from omniplug.bench_record import record_header
+    from omniplug.eval.bench_record import record_header
 
     result = {
         **record_header(repo=REPO, config=args.config, argv=argv),

@@ -5,7 +5,7 @@ and the world eval's figures.
 
 What is quantised: ``bits`` in the config's ``llm`` entry (``llm.<entry>.bits=8|4``) quantises the LLM
 only — every Linear (quanto qint8 / qint4; with 4 bits the LM head is qint8) and its input embedding
-table (int8 rows); encoder, projectors and decoders stay fp32. Bytes are ``omniplug.quant.weight_bytes``:
+table (int8 rows); encoder, projectors and decoders stay fp32. Bytes are ``omniplug.llms.quant.weight_bytes``:
 the real storage of parameters and buffers, quantised tensors counted by their inner data and scales.
 
 Latency: the mixed requests of ``bench/infer/batch_throughput.py`` (caption, VQA, referring and
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from omniplug.data.world_tasks import ensure_split
     from omniplug.eval.world import HEADLINE, TASKS, evaluate_world
     from omniplug.infer.pipeline import Pipeline
-    from omniplug.quant import weight_bytes
+    from omniplug.llms.quant import weight_bytes
 
     root = ensure_split(root=args.world, split="val", n=200, seed=101)
     cfg = load_config(args.config)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, q in quality.items()}
     delta = {name: {t: round(headline[name][t] - headline["fp32"][t], 2) for t in headline[name]} for name in headline}
 
-    from omniplug.bench_record import record_header
+    from omniplug.eval.bench_record import record_header
 
     result = {
         **record_header(repo=REPO, config=args.config, argv=argv),

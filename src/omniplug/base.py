@@ -1,6 +1,6 @@
 """Plugin contracts. Each plugin kind is a small abstract base; concrete plugins live one per file.
 
-Constructors are keyword-only and typed: the signature is the YAML schema (see ``schema.py``).
+Constructors are keyword-only and typed: the signature is the YAML schema (see ``config/schema.py``).
 ``supplied_by_build`` names constructor arguments that ``build.py`` may fill in itself (for
 example a projector's ``in_features`` when the YAML leaves it out).
 """
@@ -143,7 +143,7 @@ class Decoder(nn.Module, ABC):
     #: ``DecoderInput.answer_ids``/``answer_logits`` hold them and the collator writes
     #: ``answer_text(target)`` after each trigger of a training answer.
     answer_length: int = 0
-    #: width of ``dense_features`` when the decoder has a feature map a dense head can read (omniplug.dense)
+    #: width of ``dense_features`` when the decoder has a feature map a dense head can read (omniplug.heads.dense)
     dense_width: int | None = None
 
     def set_trainable(self) -> None:

@@ -1,4 +1,13 @@
-"""The ONLY place that turns a Config into modules through the registries."""
+"""The ONLY place that turns a Config into modules through the registries, and applies trainability once.
+
+Trainability is config applied once (:func:`apply_train_mode`): ``train_mode`` plus per-module ``freeze`` flags.
+
+* 0 — projector pre-training: only the input projector trains.
+* 1 — fine-tuning: output projectors and decoders (each decides which of its parts train, e.g.
+  SAM's ``train_mask_decoder``), the input projector unless frozen, the LLM through LoRA when
+  ``lora_enable`` (else frozen) plus the embedding/output rows of the new special tokens.
+* 2 — full: every module trains except those whose entry says ``freeze: true``.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +22,10 @@ from torch import nn
 
 from omniplug.base import Decoder, Encoder, LanguageModel, Projector, Tokenizer
 from omniplug.config import Config, EntryConfig, load_config
-from omniplug.hf import shared_loads
+from omniplug.config.schema import ConfigError, signature_params
 from omniplug.model import OneModel
 from omniplug.registry import REGISTRIES, load_builtin_plugins
-from omniplug.schema import ConfigError, signature_params
-from omniplug.trainability import apply_train_mode
+from omniplug.weights.hf_local import shared_loads
 
 
 def build_entry(entry: EntryConfig, **supplied: Any) -> Any:
@@ -153,3 +161,24 @@ def _check_tokens(decoders: dict[str, Decoder], image_token: str) -> None:
             if tok in seen:
                 raise ConfigError(f"token {tok!r} of decoder {task!r} is already used by {seen[tok]}; set a different 'token'")
             seen[tok] = f"decoder {task!r}"
+
+
+def apply_train_mode(model: OneModel, mode: int, *, new_token_ids: list[int]) -> None:
+    if mode not in (0, 1, 2):
+        raise ValueError(f"train_mode must be 0, 1 or 2, got {mode}")
+    model.requires_grad_(False)
+    if model.in_projector is not None and (mode == 0 or not model.in_projector.freeze):
+        model.in_projector.requires_grad_(True)
+    if mode == 0:
+        return
+    for proj in model.out_projectors.values():
+        proj.requires_grad_(not getattr(proj, "freeze", False))
+    for decoder in model.decoders.values():
+        decoder.set_trainable()
+    if mode == 2 and model.encoder is not None and not model.encoder.freeze:
+        model.encoder.requires_grad_(True)
+    for name, head in model.dense_heads.items():  # a head trains with the module whose feature map it reads
+        source = model.encoder if name == "encoder" else model.decoders[name]
+        head.requires_grad_(any(p.requires_grad for p in source.parameters()))
+    llm_full = mode == 2 and not model.llm.freeze
+    model.llm.make_trainable(full=llm_full, new_token_ids=sorted(set(new_token_ids)))

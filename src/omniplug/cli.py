@@ -1,4 +1,4 @@
-"""omniplug command line: plugins | inspect | tiny (+ commands that arrive with their features)."""
+"""omniplug command line: plugins | tiny (+ the commands of ``omniplug.commands``: train, eval, infer, inspect, ...)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Callable
 
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 
 #: name -> (help, add_arguments(parser), run(args) -> int); features register their commands here
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
@@ -61,28 +61,6 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- inspect --------------------------------------------------------------------------------------
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", required=True, help="YAML config file")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. base_dir=/data one_model.llm=llava_7b")
-
-
-def _inspect_args(p: argparse.ArgumentParser) -> None:
-    _config_args(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-@command("inspect", "build a model from a config offline and summarise its modules")(_inspect_args)
-def _inspect(args: argparse.Namespace) -> int:
-    from omniplug.build import build_model
-    from omniplug.inspect_model import describe, format_table
-
-    model = build_model(args.config, args.overrides)
-    info = describe(model)
-    print(json.dumps(info, indent=2) if args.json else format_table(info))
-    return 0
-
-
 # --- tiny -----------------------------------------------------------------------------------------
 def _tiny_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory to write tiny checkpoints and configs into")
@@ -90,7 +68,7 @@ def _tiny_args(p: argparse.ArgumentParser) -> None:
 
 @command("tiny", "write tiny random checkpoints of every supported family plus ready configs")(_tiny_args)
 def _tiny(args: argparse.Namespace) -> int:
-    from omniplug.tiny import write_all
+    from omniplug.fixtures.tiny import write_all
 
     paths = write_all(args.out)
     for name, path in paths.items():

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from omniplug.base import Decoder, Encoder, LanguageModel, Tokenizer
-from omniplug.dense import DenseHead
+from omniplug.heads.dense import DenseHead
 from omniplug.types import Batch, DecoderInput, DecoderOutput, ImageFeatures, ModelOutput
 
 

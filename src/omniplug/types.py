@@ -96,7 +96,7 @@ class Batch:
     image_sizes: list[tuple[int, int]] | None = None
     decoder_pixels: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, list[Any]] = field(default_factory=dict)
-    # dense supervision (omniplug.dense): (B, H, W) class labels of each sample's first image (-100 unlabelled)
+    # dense supervision (omniplug.heads.dense): (B, H, W) class labels of each sample's first image (-100 unlabelled)
     # and the row of that image in pixel_values (-1: the sample has none)
     label_maps: Tensor | None = None
     first_image_rows: Tensor | None = None

@@ -27,7 +27,7 @@ from omniplug.actions.episodes import read_meta
 from omniplug.actions.normalize import Normalizer
 from omniplug.actions.space import ActionSpace, ActionTarget
 from omniplug.base import Decoder, Tokenizer
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 from omniplug.types import DecoderInput, DecoderOutput
 
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from omniplug.cli import command
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 
 
 def _args(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from omniplug.data.conversation import Turn, encode_chat
 from omniplug.data.sample import Sample
-from omniplug.dense import collate_label_maps
+from omniplug.heads.dense import collate_label_maps
 from omniplug.types import Batch
 
 

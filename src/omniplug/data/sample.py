@@ -23,5 +23,5 @@ class Sample:
     targets: dict[str, list[Any]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # dataset name, ids, labels... (not used by the model)
     # dense class labels of the first image, (H, W) ints, negative = unlabelled; read only by dense heads
-    # (one_model.dense_classes, omniplug.dense)
+    # (one_model.dense_classes, omniplug.heads.dense)
     label_map: Any = None

@@ -84,7 +84,7 @@ def _image_name(meta: dict[str, Any]) -> str:
 class WorldTaskDataset(Dataset):
     """``task`` picks the reader; ``options`` are passed to it (e.g. ``num_tokens`` for generation).
     ``dense_labels``: attach the scene's dense labels to every sample with an image, for dense
-    perception heads (``omniplug.dense``): (3, H, W) category (``semantic_classes.json``, 12), part (8)
+    perception heads (``omniplug.heads.dense``): (3, H, W) category (``semantic_classes.json``, 12), part (8)
     and colour (9) per pixel, rendered from ``scenes.jsonl`` (``Rendering.dense_labels``).
     ``object_focus`` (task ``generation``): each target gets its scene's visible object pixels as
     ``GenerationTarget.focus``, for a diffusion decoder's ``focus_weight``.

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from omniplug.hf import load_pretrained, local_checkpoint
-from omniplug.schema import ConfigError
+from omniplug.weights.hf_local import load_pretrained, local_checkpoint
+from omniplug.config.schema import ConfigError
 
 #: YAML alias -> (diffusers scheduler class name, config overrides). ``None`` in YAML keeps the
 #: scheduler saved in the checkpoint directory.

@@ -15,7 +15,7 @@ from torch import Tensor
 from omniplug.actions.binning import from_bins, to_bins
 from omniplug.actions.decoder import TokenActionDecoder, resolve_space
 from omniplug.registry import DECODERS
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 
 
 @DECODERS.register("act_bins")

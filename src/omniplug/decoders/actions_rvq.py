@@ -20,7 +20,7 @@ from omniplug.actions.episodes import read_actions
 from omniplug.actions.rvq import ResidualVQ
 from omniplug.actions.space import ActionTarget
 from omniplug.registry import DECODERS
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 
 
 @DECODERS.register("act_rvq")

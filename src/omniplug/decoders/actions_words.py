@@ -11,7 +11,7 @@ from torch import Tensor
 
 from omniplug.actions.decoder import TokenActionDecoder, resolve_space
 from omniplug.registry import DECODERS
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 
 
 @DECODERS.register("act_words")

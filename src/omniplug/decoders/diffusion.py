@@ -76,7 +76,7 @@ from omniplug.base import Decoder
 from omniplug.data.generation import GenerationTarget, gen_tokens
 from omniplug.decoders import _diffusion_parts as parts
 from omniplug.registry import DECODERS
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 from omniplug.types import DecoderInput, DecoderOutput
 
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from transformers import SamImageProcessorPil, SamModel
 
 from omniplug.base import Decoder
-from omniplug.hf import init_from_config, load_pretrained, local_checkpoint
+from omniplug.weights.hf_local import init_from_config, load_pretrained, local_checkpoint
 from omniplug.registry import DECODERS
 from omniplug.types import DecoderInput, DecoderOutput, Mask
 

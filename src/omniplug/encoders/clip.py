@@ -10,7 +10,7 @@ from transformers import CLIPVisionModel
 
 from omniplug.base import Encoder
 from omniplug.encoders import _clip_common as common
-from omniplug.hf import init_from_config, load_pretrained, local_checkpoint
+from omniplug.weights.hf_local import init_from_config, load_pretrained, local_checkpoint
 from omniplug.registry import ENCODERS
 from omniplug.types import ImageFeatures
 

@@ -73,7 +73,7 @@ def make_env(name: str, **options: Any) -> Environment:
     """Build a registered environment; an unknown name lists the available ones."""
     from omniplug import envs  # noqa: F401  (registers the built-in environments)
     from omniplug.registry import RegistryError
-    from omniplug.schema import check_kwargs
+    from omniplug.config.schema import check_kwargs
 
     try:
         cls = ENVS.get(name)

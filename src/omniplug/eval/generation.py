@@ -71,7 +71,7 @@ def world_accuracy(images: Sequence[Image.Image | np.ndarray], *, scenes: Sequen
 def _clip(clip_dir: str):
     from transformers import CLIPModel, CLIPProcessor
 
-    from omniplug.hf import local_checkpoint
+    from omniplug.weights.hf_local import local_checkpoint
 
     path = local_checkpoint(clip_dir, what="generation eval: clip_dir")
     return CLIPModel.from_pretrained(str(path)).eval(), CLIPProcessor.from_pretrained(str(path))

@@ -15,7 +15,7 @@ from omniplug.types import GenerateOutput, LLMOutput
 
 def quant_settings(*, bits: int | None, load_in_8bit: bool, quant_backend: str, what: str) -> tuple[int | None, str, dict]:
     """Resolve the seed's ``load_in_8bit`` / ``bits`` keys into (bits, backend, from_pretrained kwargs)."""
-    from omniplug.quant import bnb_config, resolve_backend
+    from omniplug.llms.quant import bnb_config, resolve_backend
 
     if load_in_8bit:
         if bits not in (None, 8):
@@ -126,7 +126,7 @@ class CausalLMWrapper(LanguageModel):
     def quantize_weights(self) -> None:
         """CPU backends quantise here, once the weights are final (bitsandbytes did it while loading)."""
         if self.bits and self.quant_backend == "quanto":
-            from omniplug.quant import quanto_quantize
+            from omniplug.llms.quant import quanto_quantize
 
             quanto_quantize(self.model, self.bits)
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from transformers import AutoModelForCausalLM
 
-from omniplug.hf import init_from_config, load_pretrained, local_checkpoint
+from omniplug.weights.hf_local import init_from_config, load_pretrained, local_checkpoint
 from omniplug.llms._causal import DTYPES, CausalLMWrapper, quant_settings
 from omniplug.registry import LLMS
 

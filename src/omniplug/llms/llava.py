@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
 
-from omniplug.hf import load_pretrained, local_checkpoint
+from omniplug.weights.hf_local import load_pretrained, local_checkpoint
 from omniplug.llms._causal import DTYPES, CausalLMWrapper, quant_settings
 from omniplug.registry import LLMS
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 
 
 def read_state_dict(path: str | Path, *, what: str) -> dict[str, Tensor]:

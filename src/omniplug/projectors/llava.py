@@ -6,7 +6,7 @@ from torch import Tensor
 from transformers import LlavaForConditionalGeneration
 
 from omniplug.base import Projector
-from omniplug.hf import load_pretrained, local_checkpoint
+from omniplug.weights.hf_local import load_pretrained, local_checkpoint
 from omniplug.registry import PROJECTORS
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 from transformers import AutoTokenizer
 
 from omniplug.base import Tokenizer
-from omniplug.hf import local_checkpoint
+from omniplug.weights.hf_local import local_checkpoint
 from omniplug.registry import TOKENIZERS
 
 

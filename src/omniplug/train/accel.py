@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
 from omniplug.config import TrainerConfig
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 
 
 def make_accelerator(tc: TrainerConfig) -> Accelerator:

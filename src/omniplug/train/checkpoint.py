@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 from omniplug.weights import load_trainable, save_trainable
 
 MARKER = "COMPLETE"

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from omniplug.build import build_dataset, build_model
 from omniplug.config import Config
 from omniplug.data.collate import Collator
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 from omniplug.train import checkpoint as ckpt
 from omniplug.train.accel import make_accelerator
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from omniplug.build import build_dataset, build_model
 from omniplug.config import Config
 from omniplug.data.collate import Collator
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 from omniplug.train import checkpoint as ckpt
 from omniplug.train.accel import make_accelerator
 from omniplug.train.evaluate import validation_loss

@@ -13,7 +13,7 @@ import contextvars
 from pathlib import Path
 from typing import Any, Iterator
 
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 
 _CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("omniplug_shared_loads", default=None)
 

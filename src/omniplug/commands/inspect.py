@@ -1,10 +1,13 @@
-"""A per-module summary of a built OneModel (what ``omniplug inspect`` prints)."""
+"""``omniplug inspect -c CONFIG [key=value ...] [--json]``: build a model offline and summarise its modules."""
 
 from __future__ import annotations
 
+import argparse
+import json
 from typing import Any
 
 from omniplug.base import count_params, module_dtype
+from omniplug.cli import command
 
 
 def describe(model) -> dict[str, Any]:
@@ -86,3 +89,19 @@ def format_table(info: dict[str, Any]) -> str:
     extra.append(f"llm: hidden {info['modules']['llm']['hidden_size']}, {info['modules']['llm']['hf_class']}; "
                  f"vocab {info['modules']['tokenizer']['vocab_size']}; train_mode {info['train_mode']}")
     return "\n".join(lines + [""] + extra)
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. base_dir=/data one_model.llm=llava_7b")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+@command("inspect", "build a model from a config offline and summarise its modules")(_args)
+def _inspect(args: argparse.Namespace) -> int:
+    from omniplug.build import build_model
+
+    model = build_model(args.config, args.overrides)
+    info = describe(model)
+    print(json.dumps(info, indent=2) if args.json else format_table(info))
+    return 0

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from omniplug.registry import REGISTRIES, RegistryError
-from omniplug.schema import ConfigError, check_kwargs
+from omniplug.config.schema import ConfigError, check_kwargs
 
 CATALOGUES = ("encoder", "projector", "tokenizer", "llm", "decoder", "dataset")
 _PY_TAG = re.compile(r"!!?python/")
@@ -83,7 +83,7 @@ class OneModelConfig:
     train_mode: Literal[0, 1, 2] = 1  # 0 pretrain in_projector; 1 decoders+out projectors(+LoRA); 2 full
     ce_loss_weight: float = 1.0
     decoder_loss_weights: dict[str, float] = field(default_factory=dict)  # task -> weight (default 1)
-    # dense perception supervision (omniplug.dense): classes of the datasets' label maps, and the weight of the
+    # dense perception supervision (omniplug.heads.dense): classes of the datasets' label maps, and the weight of the
     # cross entropy on each feature map: "encoder" and/or decoder task names (e.g. {encoder: 1.0, seg: 1.0})
     dense_classes: int | list[int] | None = None  # one count per label-map channel
     dense_loss_weights: dict[str, float] = field(default_factory=dict)

@@ -8,7 +8,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from omniplug.schema import ConfigError
+from omniplug.config.schema import ConfigError
 
 WEIGHTS_NAME = "trainable.safetensors"
 CONFIG_NAME = "config.yaml"
