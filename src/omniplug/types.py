@@ -132,13 +132,37 @@ class Mask:
 
 
 @dataclass
+class Box:
+    """One box in pixels of its (original) image, corners (x0, y0, x1, y1) with x0 < x1 and y0 < y1: a
+    detection (with the decoder's score) or an annotation (score 1). ``label`` is a class name."""
+
+    xyxy: tuple[float, float, float, float]
+    label: str | None = None
+    score: float = 1.0
+
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.xyxy
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+    def iou(self, other: "Box") -> float:
+        ax0, ay0, ax1, ay1 = self.xyxy
+        bx0, by0, bx1, by1 = other.xyxy
+        inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+        union = self.area() + other.area() - inter
+        return inter / union if union > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {"box": [round(float(v), 2) for v in self.xyxy], "label": self.label, "score": round(float(self.score), 4)}
+
+
+@dataclass
 class Response:
     """The one typed answer to an inference request."""
 
     text: str
     masks: list[Mask] = field(default_factory=list)
     images: list[Any] = field(default_factory=list)  # PIL images
-    boxes: list[Any] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
     actions: list[Any] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     extra: dict[str, list[Any]] = field(default_factory=dict)  # outputs of decoders of other kinds
