@@ -120,6 +120,16 @@ REGISTRIES: dict[str, Registry] = {
 }
 
 
+def import_plugin_modules(package: str, path) -> None:
+    """Import every public module of a plugin package (its ``__init__`` calls this with ``__name__, __path__``):
+    a plugin is one file dropped into the package, registered on import, listed nowhere else."""
+    import pkgutil
+
+    for info in pkgutil.iter_modules(path):
+        if not info.ispkg and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
+
+
 def load_builtin_plugins() -> None:
     """Import every built-in plugin package so that its modules register themselves."""
     for package in ("encoders", "projectors", "tokenizers", "llms", "decoders", "data"):

@@ -1,4 +1,5 @@
-"""Task decoders. Each module registers itself with DECODERS."""
+"""Task decoders. Importing this package registers every plugin module in it."""
 
-from omniplug.decoders import diffusion, sam  # noqa: F401
-from omniplug.decoders import actions_bins, actions_newtokens, actions_regress, actions_rvq, actions_words  # noqa: F401,E501
+from omniplug.registry import import_plugin_modules
+
+import_plugin_modules(__name__, __path__)

@@ -1,3 +1,5 @@
-"""Image encoders. Importing this package registers every built-in encoder."""
+"""Image encoders. Importing this package registers every plugin module in it."""
 
-from omniplug.encoders import cells, clip, llava_vision, state  # noqa: F401
+from omniplug.registry import import_plugin_modules
+
+import_plugin_modules(__name__, __path__)

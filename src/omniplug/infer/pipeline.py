@@ -240,12 +240,15 @@ class Pipeline:
             response = self.batch([request])[0]
         except RequestError as exc:
             raise RequestError(exc.reason) from None
-        needs_image = [d.tokens[0] for d in self.model.decoders.values() if getattr(d, "needs_image", False)]
-        shown = [f"[{_MARKER_NAMES['masks']} "] if self.markers else needs_image
-        if not request.images and needs_image and not response.masks and any(m in response.text for m in shown):
-            # in a batch such a request just gets no mask; asked alone, say why (the server answers 422)
-            raise ValueError(f"it answered {response.text!r}, with a mask, but no image was given: send the image "
-                             f"the question is about")
+        for decoder in self.model.decoders.values() if not request.images else ():
+            if not getattr(decoder, "needs_image", False):
+                continue
+            name = _MARKER_NAMES.get(decoder.output_kind, decoder.output_kind)
+            shown = f"[{name} " if self.markers else decoder.tokens[0]
+            if shown in response.text and not getattr(response, decoder.output_kind, None):
+                # in a batch such a request just gets no mask (boxes); asked alone, say why (the server answers 422)
+                raise ValueError(f"it answered {response.text!r}, with a {name}, but no image was given: send the "
+                                 f"image the question is about")
         return response
 
     def batch(self, requests: Sequence[Request | Mapping[str, Any]], *, batch_size: int | None = None,
@@ -334,7 +337,9 @@ class Pipeline:
                     if mask.label is None and i < len(labels):
                         mask.label = labels[i]
                 response.masks.extend(items)
-            elif kind in ("images", "boxes", "actions"):
+            elif kind == "boxes":  # each <det> gives a list of boxes (possibly none)
+                response.boxes.extend(box for boxes in items for box in boxes)
+            elif kind in ("images", "actions"):
                 getattr(response, kind).extend(items)
             else:
                 response.extra.setdefault(task, []).extend(items)

@@ -1,3 +1,5 @@
-"""Language models."""
+"""Language models (and their int8/int4 quantisation, ``quant.py``). Importing this package registers every plugin module in it."""
 
-from omniplug.llms import hf_causal_lm, llava  # noqa: F401
+from omniplug.registry import import_plugin_modules
+
+import_plugin_modules(__name__, __path__)

@@ -1,3 +1,5 @@
-"""Projectors (input: image features -> LLM width; output: LLM hidden -> decoder prompt)."""
+"""Projectors (input: image features -> LLM width; output: LLM hidden -> decoder prompt). Importing this package registers every plugin module in it."""
 
-from omniplug.projectors import gen_query, linear, llava, mlp  # noqa: F401
+from omniplug.registry import import_plugin_modules
+
+import_plugin_modules(__name__, __path__)

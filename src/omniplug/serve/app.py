@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from .api import BodyLimit, add_api
 from .auth import BasicAuth
-from .examples import Example, trained_on_world, world_examples
+from .examples import Example, output_kinds, trained_on_world, world_examples
 from .service import Service
 from .settings import ServeSettings, check_bind
 from .ui import build_ui
@@ -27,7 +27,7 @@ def pick_examples(settings: ServeSettings, config: str, overrides: Sequence[str]
         return []
     folder = tempfile.mkdtemp(prefix="omniplug-examples-")
     atexit.register(shutil.rmtree, folder, True)
-    return world_examples(folder)
+    return world_examples(folder, detection="boxes" in output_kinds(config, list(overrides)))
 
 
 def create_app(service: Service, settings: ServeSettings, *, examples: Sequence[Example] = ()) -> FastAPI:

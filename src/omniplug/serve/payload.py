@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from omniplug.infer.render import jsonable, mask_image
+from omniplug.infer.render import box_parts, jsonable, mask_image
 from omniplug.types import Response
 
 
@@ -24,6 +24,12 @@ class MaskOut(BaseModel):
     png: str = Field(description="base64 PNG, 8-bit greyscale: 255 inside the mask, 0 outside; the size of the first image")
 
 
+class BoxOut(BaseModel):
+    box: list[float] = Field(description="(x0, y0, x1, y1) in pixels of the first image")
+    label: str | None = Field(description="the detector's class name")
+    score: float = Field(description="the detector's confidence")
+
+
 class ImageOut(BaseModel):
     width: int
     height: int
@@ -34,7 +40,7 @@ class InferResponse(BaseModel):
     text: str = Field(description="the answer; [mask 1], [image 1], ... stand where each output was produced")
     masks: list[MaskOut] = []
     images: list[ImageOut] = []
-    boxes: list[Any] = []
+    boxes: list[BoxOut] = []
     actions: list[Any] = []
     extra: dict[str, list[Any]] = Field(default_factory=dict, description="outputs of decoders of other kinds")
     timings: dict[str, float] = Field(default_factory=dict,
@@ -63,6 +69,10 @@ def to_payload(response: Response) -> InferResponse:
         masks.append(MaskOut(label=m.label, score=float(m.score), area=int(pixels.sum()), width=int(pixels.shape[1]),
                              height=int(pixels.shape[0]), png=png_base64(mask_image(m))))
     images = [ImageOut(width=im.width, height=im.height, png=png_base64(im)) for im in response.images]
-    return InferResponse(text=response.text, masks=masks, images=images, boxes=jsonable(response.boxes),
+    boxes = []
+    for b in response.boxes:
+        xyxy, label, score = box_parts(b)
+        boxes.append(BoxOut(box=[round(v, 2) for v in xyxy], label=label, score=1.0 if score is None else round(score, 4)))
+    return InferResponse(text=response.text, masks=masks, images=images, boxes=boxes,
                          actions=jsonable(response.actions), extra=jsonable(response.extra),
                          timings={k: round(float(v), 6) for k, v in response.timings.items()})

@@ -16,7 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from omniplug.data.conversation import Turn
-from omniplug.infer.render import labelled_overlay, mask_image, overlay
+from omniplug.infer.render import draw_boxes, labelled_overlay, mask_image, overlay
 from omniplug.types import Response
 
 from .errors import RequestError
@@ -66,12 +66,24 @@ class OutputFiles:
         if response.masks and image is not None:
             paths.append(out / "overlay.png")
             overlay(image, response.masks).save(paths[-1])
+        if response.boxes and image is not None:
+            paths.append(out / "boxes.png")
+            draw_boxes(image, response.boxes).save(paths[-1])
         for i, generated in enumerate(response.images, start=1):
             paths.append(out / f"image_{i}.png")
             generated.save(paths[-1])
         paths.append(out / "response.json")
         paths[-1].write_text(to_payload(response).model_dump_json(indent=2))
         return [str(p) for p in paths]
+
+
+def shown_outputs(image: Image.Image | None, response: Response) -> Image.Image | None:
+    """What the answer found on the first image: its masks (numbered and labelled), its boxes drawn over them."""
+    if image is None or not (response.masks or response.boxes):
+        return None
+    if not response.boxes:
+        return labelled_overlay(image, response.masks)
+    return draw_boxes(overlay(image, response.masks) if response.masks else image, response.boxes)
 
 
 def _read_upload(path: str) -> Upload:
@@ -106,9 +118,9 @@ def build_ui(service: Service, settings: ServeSettings, examples: list[Example])
                                                 Turn(role="assistant", text=response.text)],
                             images=all_images, messages=conv.messages + shown_turn)
         first = all_images[0] if all_images else None
-        shown = labelled_overlay(first, response.masks) if response.masks and first is not None else None
+        shown = shown_outputs(first, response)
         timings = {k: round(v, 4) for k, v in response.timings.items()}
-        outputs = [f"{len(response.masks)} mask(s)", f"{len(response.images)} image(s)"]
+        outputs = [f"{len(response.masks)} mask(s)", f"{len(response.boxes)} box(es)", f"{len(response.images)} image(s)"]
         status = f"Answered in {timings.get('total', 0.0):.2f} s: " + ", ".join(outputs) + "."
         return (gr.update(value=None), conv.messages, conv, shown, list(response.images), files.write(response, first),
                 timings, status)
@@ -144,11 +156,11 @@ def build_ui(service: Service, settings: ServeSettings, examples: list[Example])
                                 inputs=[box], label="Examples: click one, then press Enter", examples_per_page=8)
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
-                shown = gr.Image(label="Masks on the image", format="png", type="pil", interactive=False,
+                shown = gr.Image(label="Masks and boxes on the image", format="png", type="pil", interactive=False,
                                  elem_id="overlay", height=320)
                 generated = gr.Gallery(label="Generated images", format="png", columns=3, elem_id="generated",
                                        height=180)
-                downloads = gr.File(label="Downloads: masks, overlay, response.json", file_count="multiple",
+                downloads = gr.File(label="Downloads: masks, overlay, boxes, response.json", file_count="multiple",
                                     interactive=False, elem_id="downloads")
                 timings = gr.JSON(label="Timings (seconds)", elem_id="timings")
         outputs = [box, chat, conv, shown, generated, downloads, timings, status]
