@@ -122,3 +122,4 @@ def test_a_timm_backbone_checkpoint_is_refused_before_loading(tiny_dir, tmp_path
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="use_timm_backbone: false"):
         DetrDecoder(model_name_or_path=str(folder))
+

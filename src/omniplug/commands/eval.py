@@ -2,8 +2,10 @@
 
 Evaluates the ``data.eval`` datasets of the config, or the segmentation set in ``--data DIR``
 (its format found from its files: ``refs.json`` -> refcoco, ``classes.json`` -> semantic_seg,
-image + same-named ``.json`` -> reason_seg; or say ``--data-type``). See
-``omniplug.eval.segmentation`` for the metrics and the two modes.
+image + same-named ``.json`` -> reason_seg, ``instances.json`` alone -> coco_detection; or say
+``--data-type``). See ``omniplug.eval.segmentation`` for the metrics and the two modes. Box datasets
+(``coco_detection``; ``refcoco`` with ``--data-type refcoco_box`` or ``target: box``) are scored from the
+model's answers: COCO mAP / AP50, or referring box accuracy at IoU 0.5 (``omniplug.eval.detection``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--data", metavar="DIR", help="evaluate this dataset directory instead of data.eval (a world split "
                    "written by `omniplug world generate` gets the full world table)")
-    p.add_argument("--data-type", choices=("refcoco", "reason_seg", "semantic_seg"), help="format of --data")
+    p.add_argument("--data-type", choices=("refcoco", "reason_seg", "semantic_seg", "coco_detection", "refcoco_box"), help="format of --data")
     p.add_argument("--split", default="val", help="split for a refcoco-layout --data (default: val)")
     p.add_argument("--mode", choices=("teacher_forced", "generated", "both"), default="teacher_forced",
                    help="teacher_forced: masks of the reference answer's <seg> (LISA's eval); generated: of the model's "
@@ -65,10 +67,14 @@ def dataset_from_dir(path: str | Path, *, data_type: str | None = None, split: s
         elif any(p.suffix == ".json" and any(p.with_suffix(s).is_file() for s in (".jpg", ".jpeg", ".png"))
                  for p in root.iterdir()):
             data_type = "reason_seg"
+        elif (root / "instances.json").is_file():
+            data_type = "coco_detection"
         else:
             raise ValueError(f"--data {root}: cannot tell the format (expected refs.json + instances.json, classes.json "
-                             f"+ images/ + labels/, or images with same-named .json); pass --data-type")
+                             f"+ images/ + labels/, images with same-named .json, or instances.json); pass --data-type")
     kwargs = {"data_dir": str(root)}
+    if data_type == "refcoco_box":
+        data_type, kwargs["target"], kwargs["seg_token"], kwargs["task"] = "refcoco", "box", "<det>", "det"
     if data_type == "refcoco":
         kwargs["split"] = split
     if data_type == "semantic_seg":
@@ -105,8 +111,11 @@ def _run(args: argparse.Namespace) -> int:
     options = dict(batch_size=args.batch_size or cfg.trainer.batch_size_eval,
                    max_samples=args.max_samples if args.max_samples is not None else cfg.trainer.eval_max_samples,
                    max_length=cfg.data.max_length, max_new_tokens=args.max_new_tokens)
+    from omniplug.eval.world import box_protocol, evaluate_boxes
+
     gen_sets = {n: d for n, d in datasets.items() if not args.data and _is_generation(cfg, n)}
-    seg_sets = {n: d for n, d in datasets.items() if n not in gen_sets}
+    box_sets = {n: d for n, d in datasets.items() if box_protocol(d)}
+    seg_sets = {n: d for n, d in datasets.items() if n not in gen_sets and n not in box_sets}
     modes = ["teacher_forced", "generated"] if args.mode == "both" else [args.mode]
     results = {mode: evaluate_segmentation(model, seg_sets, mode=mode, **options) for mode in modes} if seg_sets else {}
     report = dict(results if args.mode == "both" else results.get(args.mode, {}))
@@ -118,6 +127,9 @@ def _run(args: argparse.Namespace) -> int:
             report[name] = evaluate_generation(model, dataset, task=gen_task, batch_size=options["batch_size"],
                                                max_samples=options["max_samples"], max_length=cfg.data.max_length,
                                                clip_dir=args.clip_dir)
+    for name, dataset in box_sets.items():
+        report[name] = evaluate_boxes(model, dataset, n=options["max_samples"] or len(dataset),
+                                      batch_size=options["batch_size"])
     if args.out:
         Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).expanduser().write_text(json.dumps(report, indent=2))
@@ -129,8 +141,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  {'dataset':<24} {'gIoU':>7} {'cIoU':>7} {'n':>6}")
         for name, m in table.items():
             print(f"  {name:<24} {m['giou']:7.4f} {m['ciou']:7.4f} {m['n']:6d}")
-    for name in gen_sets:
-        print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in report[name].items()))
+    for name in [*gen_sets, *box_sets]:
+        print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in report[name].items() if not k.startswith("ap50_")))
     return 0
 
 

@@ -15,12 +15,18 @@ an image (one sentence each): "Please segment the a and the b." -> "the a: <seg>
 masks in that order. With ``multi_turn: true`` the group is asked as a multi-turn conversation instead,
 one expression per question (the first carries the image), in a random order fixed by seed and index —
 each question the single-object form evaluation asks, k masks for one image encoding.
+
+``target: box`` reads the same refs as referring *detection* (refCOCO's box protocol): the target of each
+trigger token is a one-element list of :class:`omniplug.types.Box` (the annotation's ``bbox``, labelled with
+its category), the default questions ask for a box ("Where is the red square? Give its box.") and
+``seg_token`` is then the detector's token, e.g. ``<det>``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -30,6 +36,13 @@ from omniplug.data.conversation import Turn
 from omniplug.data.images import open_image
 from omniplug.data.sample import Sample
 from omniplug.registry import DATASETS
+from omniplug.types import Box
+
+#: referring-detection questions for ``target: box``
+BOX_QUESTIONS: tuple[str, ...] = (
+    "Where is the {sent}? Give its box.",
+    "Please give the bounding box of the {sent}.",
+)
 
 _PICKLE_SUFFIXES = (".p", ".pkl", ".pickle")
 
@@ -38,8 +51,8 @@ _PICKLE_SUFFIXES = (".p", ".pkl", ".pickle")
 class RefCocoDataset(Dataset):
     def __init__(self, *, data_dir: str, split: str = "train", instances_file: str = "instances.json",
                  refs_file: str = "refs.json", image_dir: str = "images", refs_per_sample: int = 1,
-                 multi_turn: bool = False,
-                 question_templates: tuple[str, ...] = sc.REFER_QUESTIONS, answer_templates: tuple[str, ...] = sc.ANSWERS,
+                 multi_turn: bool = False, target: Literal["mask", "box"] = "mask",
+                 question_templates: tuple[str, ...] | None = None, answer_templates: tuple[str, ...] = sc.ANSWERS,
                  multi_question_template: str = "Please segment the {sent}.",
                  multi_answer_item: str = "{sent}: <seg>", seg_token: str = "<seg>", task: str = "seg", seed: int = 0,
                  max_samples: int | None = None, name: str = "refcoco") -> None:
@@ -55,6 +68,10 @@ class RefCocoDataset(Dataset):
         for p, key in ((refs_path, "refs_file"), (inst_path, "instances_file")):
             if not p.is_file():
                 raise FileNotFoundError(f"{what}: {key} {p} not found")
+        if target not in ("mask", "box"):
+            raise ValueError(f"{what}: target must be 'mask' or 'box', got {target!r}")
+        if question_templates is None:
+            question_templates = BOX_QUESTIONS if target == "box" else sc.REFER_QUESTIONS
         if refs_per_sample < 1:
             raise ValueError(f"{what}: refs_per_sample must be >= 1, got {refs_per_sample}")
         sc.check_templates(question_templates, answer_templates, what=what)
@@ -77,7 +94,8 @@ class RefCocoDataset(Dataset):
         self.image_dir = Path(image_dir).expanduser()
         if not self.image_dir.is_absolute():
             self.image_dir = root / self.image_dir
-        self.refs_per_sample, self.multi_turn = refs_per_sample, multi_turn
+        self.refs_per_sample, self.multi_turn, self.target = refs_per_sample, multi_turn, target
+        self.box_protocol = "referring" if target == "box" else None  # omniplug eval: box accuracy at IoU 0.5
         self.questions, self.answers = tuple(question_templates), tuple(answer_templates)
         self.multi_question, self.multi_item = multi_question_template, multi_answer_item
         self.seg_token, self.task, self.seed, self.name = seg_token, task, seed, name
@@ -100,6 +118,21 @@ class RefCocoDataset(Dataset):
         ann, info = self.anns[ref["ann_id"]], self.images[ref["image_id"]]
         return sc.decode_coco_segmentation(ann["segmentation"], int(info["height"]), int(info["width"]))
 
+    def box(self, ref: dict) -> Box:
+        """The referred annotation's box (its ``bbox``, or the box around its mask when it has none)."""
+        from omniplug.data.coco_detection import coco_box, image_size
+
+        ann, info = self.anns[ref["ann_id"]], self.images[ref["image_id"]]
+        width, height = image_size(info, f"dataset {self.name}")
+        label = self.categories.get(ref.get("category_id", ann.get("category_id")), "object")
+        bbox = ann.get("bbox")
+        if bbox is None:
+            ys, xs = np.nonzero(self.mask(ref))
+            if not len(xs):
+                raise ValueError(f"dataset {self.name}: annotation {ann['id']} has no bbox and an empty mask")
+            bbox = [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+        return coco_box(bbox, label, width=width, height=height, what=f"dataset {self.name}: annotation {ann['id']}")
+
     def __getitem__(self, idx: int) -> Sample:
         rng = sc.rng_for(self.seed, idx)
         item = self.items[idx]
@@ -121,15 +154,18 @@ class RefCocoDataset(Dataset):
             turns = [Turn(role="user", text=question, images=1), Turn(role="assistant", text=answer)]
         info = self.images[refs[0]["image_id"]]
         image = open_image(self.image_dir / info["file_name"])
-        masks = [self.mask(r) for r in refs]
-        if masks[0].shape != (image.height, image.width):
+        if self.target == "box":
+            targets = [[self.box(r)] for r in refs]
+        else:
+            targets = [self.mask(r) for r in refs]
+        if self.target == "mask" and targets[0].shape != (image.height, image.width):
             raise ValueError(f"dataset {self.name}: image {info['file_name']} is {image.height}x{image.width} but "
-                             f"instances.json says {masks[0].shape[0]}x{masks[0].shape[1]}")
+                             f"instances.json says {targets[0].shape[0]}x{targets[0].shape[1]}")
         meta = {"dataset": self.name, "id": "+".join(f"{r['ref_id']}:{s.get('sent_id', '')}" for r, s in zip(refs, sents)),
                 "image_id": info["id"], "file_name": info["file_name"], "ref_ids": [r["ref_id"] for r in refs],
                 "ann_ids": [r["ann_id"] for r in refs], "labels": [sc.clean_phrase(s["sent"]) for s in sents],
                 "categories": [self.categories.get(r.get("category_id"), None) for r in refs]}
-        return Sample(turns=turns, images=[image], targets={self.task: masks}, meta=meta)
+        return Sample(turns=turns, images=[image], targets={self.task: targets}, meta=meta)
 
     def _one_turn(self, rng, phrase: str, *, first: bool) -> list[Turn]:
         question = sc.fill(rng.choice(self.questions), sent=phrase)

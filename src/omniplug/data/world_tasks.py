@@ -3,7 +3,10 @@
 The split is generated on first use (deterministically, from ``seed``) when ``root`` holds none,
 so ``omniplug train -c configs/default/omni_tiny.yaml`` reproduces the default model from nothing.
 The data then goes through the same readers real data does (LLaVA JSON, refCOCO, ReasonSeg,
-semantic maps, COCO parts and panoptic, generation pairs, editing triples).
+semantic maps, COCO parts and panoptic, COCO detection, generation pairs, editing triples). The two box tasks
+read the split's COCO instances: ``detection`` asks for every object of one class (shapes and composites, not
+parts; also classes the scene lacks, answered with no box), ``referring_box`` for the box of one referred
+object (refCOCO's refs, ``<det>`` instead of ``<seg>``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from torch.utils.data import Dataset
 
 from omniplug.registry import DATASETS
 
-WorldTask = Literal["caption_vqa", "referring", "reasoning", "semantic", "part", "panoptic", "generation", "editing"]
+WorldTask = Literal["caption_vqa", "referring", "reasoning", "semantic", "part", "panoptic", "generation", "editing",
+                    "detection", "referring_box"]
 
 
 def ensure_split(*, root: str | Path, split: str, n: int, seed: int, size: int = 64) -> Path:
@@ -46,6 +50,7 @@ def ensure_split(*, root: str | Path, split: str, n: int, seed: int, size: int =
 
 
 def _reader(task: str, root: Path, options: dict[str, Any]) -> Dataset:
+    from omniplug.data.coco_detection import CocoDetectionDataset
     from omniplug.data.coco_panoptic import CocoPanopticDataset
     from omniplug.data.coco_parts import CocoPartsDataset
     from omniplug.data.generation import EditingTriples, GenerationPairs
@@ -68,6 +73,12 @@ def _reader(task: str, root: Path, options: dict[str, Any]) -> Dataset:
         return CocoPartsDataset(data_dir=str(root), name="part", **options)
     if task == "panoptic":
         return CocoPanopticDataset(data_dir=str(root), name="panoptic", **options)
+    if task == "detection":
+        return CocoDetectionDataset(data_dir=str(root), **{"supercategories": ("shape", "composite"), "name": "detection",
+                                                           **options})
+    if task == "referring_box":
+        return RefCocoDataset(data_dir=str(root), split=split, target="box", **{"seg_token": "<det>", "task": "det",
+                                                                                "name": "referring_box", **options})
     if task == "generation":
         return GenerationPairs(data_dir=str(root), **options)
     return EditingTriples(data_dir=str(root), **options)

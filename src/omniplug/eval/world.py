@@ -9,6 +9,10 @@ Every figure comes from the model's own answers (greedy generation), not teacher
 * panoptic — PQ (COCO panoptic quality: segments matched when same label and IoU > 0.5,
   PQ = sum IoU(TP) / (TP + FP/2 + FN/2) per category, averaged over categories that occur);
   the model lists every region with its label, one ``<seg>`` each;
+* detection — COCO AP50 and mAP@[.5:.95] (pycocotools) of the boxes answered for "Detect every <class>."
+  (each request is its own COCO image: a prompt-conditioned detector answers one request at a time);
+  referring_box — the refCOCO box protocol: the top-scoring box of "Where is the <ref>? Give its box." is
+  right when its IoU with the referred object's box is >= 0.5;
 * generation — the world's image analyser parses each generated image; ``exact`` = the image
   holds exactly the captioned objects, ``object_f1`` = F1 of the objects found; ``colour_f1`` (a
   diagnostic, shapes ignored) = F1 of the described colours present as regions (``colour_score``);
@@ -32,7 +36,8 @@ from omniplug.data.conversation import Turn
 from omniplug.data.images import open_image
 from omniplug.data.sample import Sample
 
-TASKS = ("caption", "vqa", "referring", "reasoning", "semantic", "part", "panoptic", "generation")
+TASKS = ("caption", "vqa", "referring", "reasoning", "semantic", "part", "panoptic", "detection", "referring_box",
+         "generation")
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -52,6 +57,13 @@ def _seg_task(model) -> str:
         if getattr(dec, "output_kind", "") == "masks":
             return task
     raise ValueError("this model has no mask decoder")
+
+
+def _box_task(model) -> str:
+    for task, dec in model.decoders.items():
+        if getattr(dec, "output_kind", "") == "boxes":
+            return task
+    raise ValueError("this model has no box decoder")
 
 
 def _gen_task(model) -> str | None:
@@ -171,6 +183,59 @@ def eval_masks(model, dataset, *, n: int, batch_size: int, per_class: bool) -> d
     return out
 
 
+# ---- box tasks --------------------------------------------------------------------------------
+def _predicted_boxes(model, dataset, *, n: int, batch_size: int):
+    """(samples, the boxes each answer's first <det> gave: [] when it gave none)."""
+    task = _box_task(model)
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    predicted = []
+    for chunk in _batches(items, batch_size):
+        gen = _answer(model, [Sample(turns=s.turns[:-1], images=s.images) for s in chunk], max_new_tokens=32)
+        outs = gen.decoder_outputs.get(task, [[] for _ in chunk])
+        predicted.extend(list(per_sample[0]) if per_sample else [] for per_sample in outs)
+    return items, predicted
+
+
+def _gold_boxes(sample: Sample) -> list:
+    return list(next(iter(sample.targets.values()))[0])
+
+
+def eval_detection(model, dataset, *, n: int, batch_size: int) -> dict[str, float]:
+    from omniplug.eval.detection import coco_map
+
+    items, predicted = _predicted_boxes(model, dataset, n=n, batch_size=batch_size)
+    gold = [_gold_boxes(s) for s in items]
+    out = dict(coco_map(predicted, gold, [(s.images[0].height, s.images[0].width) for s in items]))
+    out["n"] = len(items)
+    return out
+
+
+def eval_referring_boxes(model, dataset, *, n: int, batch_size: int) -> dict[str, float]:
+    from omniplug.eval.detection import referring_accuracy
+
+    items, predicted = _predicted_boxes(model, dataset, n=n, batch_size=batch_size)
+    out = dict(referring_accuracy(predicted, [_gold_boxes(s)[0] for s in items]))
+    out["n"] = len(items)
+    return out
+
+
+def box_protocol(dataset) -> str | None:
+    """"detection" (COCO mAP / AP50), "referring" (box accuracy at IoU 0.5) or None for a dataset, looking
+    through the world's task wrapper to its reader."""
+    return getattr(getattr(dataset, "reader", dataset), "box_protocol", None)
+
+
+def evaluate_boxes(model, dataset, *, n: int, batch_size: int) -> dict[str, float]:
+    """The box figures of one detection dataset (``coco_detection``, ``refcoco`` with ``target: box``, or a
+    world box task) from the model's own answers."""
+    protocol = box_protocol(dataset)
+    if protocol == "detection":
+        return eval_detection(model, dataset, n=n, batch_size=batch_size)
+    if protocol == "referring":
+        return eval_referring_boxes(model, dataset, n=n, batch_size=batch_size)
+    raise ValueError(f"{type(dataset).__name__} holds no boxes to score (coco_detection, or refcoco with target: box)")
+
+
 def _labels_before_triggers(text: str, token: str, vocabulary: Sequence[str]) -> list[str | None]:
     labels = []
     for piece in text.split(token)[:-1]:
@@ -268,13 +333,15 @@ def eval_generation(model, data_dir: Path, *, n: int, batch_size: int,
 
 # ---- everything ---------------------------------------------------------------------------------
 MASK_TASKS = ("referring", "reasoning", "semantic", "part", "panoptic")
+BOX_TASKS = ("detection", "referring_box")
 
 
 def supported_tasks(model) -> tuple[str, ...]:
     """The world tasks ``model`` can answer: captions and VQA always, mask tasks with a mask decoder,
-    generation with an image decoder (a specialist is scored on its own tasks)."""
+    box tasks with a box decoder, generation with an image decoder (a specialist is scored on its own tasks)."""
     kinds = {getattr(d, "output_kind", "") for d in model.decoders.values()}
-    return tuple(t for t in TASKS if (t not in MASK_TASKS or "masks" in kinds) and (t != "generation" or "images" in kinds))
+    return tuple(t for t in TASKS if (t not in MASK_TASKS or "masks" in kinds) and (t not in BOX_TASKS or "boxes" in kinds)
+                 and (t != "generation" or "images" in kinds))
 
 
 def evaluate_world(model, data_dir: str | Path, *, n: int = 100, batch_size: int = 16,
@@ -303,6 +370,10 @@ def evaluate_world(model, data_dir: str | Path, *, n: int = 100, batch_size: int
                 res = eval_vqa(model, data_dir, n=n, batch_size=batch_size)
             elif task == "generation":
                 res = eval_generation(model, data_dir, n=n, batch_size=batch_size)
+            elif task == "detection":
+                res = eval_detection(model, _reader("detection", data_dir, {}), n=n, batch_size=batch_size)
+            elif task == "referring_box":
+                res = eval_referring_boxes(model, _reader("referring_box", data_dir, {}), n=n, batch_size=batch_size)
             elif task == "panoptic":
                 res = eval_panoptic(model, _reader("panoptic", data_dir, {}), n=n, batch_size=batch_size,
                                     vocabulary=vocabulary)
@@ -325,7 +396,7 @@ def evaluate_world(model, data_dir: str | Path, *, n: int = 100, batch_size: int
 
 
 HEADLINE = {"caption": "object_f1", "vqa": "accuracy", "referring": "ciou", "reasoning": "giou", "semantic": "miou",
-            "part": "miou", "panoptic": "pq", "generation": "exact"}
+            "part": "miou", "panoptic": "pq", "detection": "ap50", "referring_box": "accuracy", "generation": "exact"}
 
 
 def format_world_table(results: dict[str, Any]) -> str:
