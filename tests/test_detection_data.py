@@ -73,7 +73,7 @@ def test_bad_filters_and_templates_say_what_exists(tmp_path):
         CocoDetectionDataset(data_dir=str(tmp_path), supercategories=["animal"])
     with pytest.raises(ValueError, match="exactly once"):
         CocoDetectionDataset(data_dir=str(tmp_path), answer_templates=("Sure.",))
-    with pytest.raises(FileNotFoundError, match="instances_file"):
+    with pytest.raises(FileNotFoundError, match="coco_detection.*instances.json not found"):
         CocoDetectionDataset(data_dir=str(tmp_path / "nowhere"))
 
 

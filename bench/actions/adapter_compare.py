@@ -5,8 +5,8 @@ first action of each predicted chunk vs the expert's; discrete: accuracy, contin
 error in environment units and as a fraction of the action range) next to the closed-loop figures of
 `omniplug eval --env` (read from the run's eval/metrics.json).
 
-    python bench/actions/adapter_compare.py --out bench/actions/adapters.json \
-        babyai:output/babyai_gotolocal babyai:output/babyai_words reacher:output/reacher_act_bins ...
+    python bench/actions/adapter_compare.py --out bench/actions/adapters_state.json \
+        babyai:output/babyai_cells babyai:output/babyai_cells_words reacher:output/reacher_state_act_rvq ...
 
 Each run is read back with the config its training saved (``RUN/config.yaml``: adapter, demos,
 frame history and every override), its weights from ``RUN``.

@@ -1,5 +1,5 @@
 """Probes outside omniplug on the BabyAI GoToLocal demos: is the task learnable from these frames, and
-which inductive bias learns it? (bench/actions/README.md, third session)
+which inductive bias learns it? (bench/actions/README.md)
 
     python bench/actions/probes.py film [--no-mission] [--data data/babyai/gotolocal_4k]
     python bench/actions/probes.py transformer [--text-first] [--data ...]

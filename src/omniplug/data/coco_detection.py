@@ -17,7 +17,6 @@ or an image without a positive size is an error naming the annotation, not a sil
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -65,13 +64,6 @@ def image_size(info: dict, what: str) -> tuple[int, int]:
     return width, height
 
 
-def read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what}: {path} is not valid JSON: {exc}") from None
-
-
 @DATASETS.register("coco_detection")
 class CocoDetectionDataset(Dataset):
     box_protocol = "detection"  # omniplug eval scores it with COCO mAP / AP50
@@ -82,15 +74,10 @@ class CocoDetectionDataset(Dataset):
                  answer_templates: tuple[str, ...] = DET_ANSWERS, det_token: str = DET, task: str = "det",
                  skip_crowd: bool = True, seed: int = 0, max_samples: int | None = None,
                  name: str = "coco_detection") -> None:
-        root = Path(data_dir).expanduser()
-        what = f"dataset coco_detection ({root})"
-        path = root / instances_file
-        if not path.is_file():
-            raise FileNotFoundError(f"{what}: instances_file {path} not found")
+        root, what, inst = sc.open_annotations(data_dir, instances_file, reader="coco_detection")
         if absent_per_image < 0:
             raise ValueError(f"{what}: absent_per_image must be >= 0, got {absent_per_image}")
         _check_templates(question_templates, answer_templates, what)
-        inst = read_json(path, what)
         if not isinstance(inst, dict) or not all(k in inst for k in ("images", "annotations", "categories")):
             raise ValueError(f"{what}: {instances_file} must be a COCO dict with 'images', 'annotations' and 'categories'")
         cats = {c["id"]: c for c in inst["categories"]}

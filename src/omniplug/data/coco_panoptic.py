@@ -13,7 +13,6 @@ segment, masks in the same order. ``meta["labels"]`` holds the category name of 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -40,19 +39,11 @@ class CocoPanopticDataset(Dataset):
                  item_template: str = "{label} <seg>", seg_token: str = "<seg>", task: str = "seg",
                  max_segments: int = 12, seed: int = 0, max_samples: int | None = None,
                  name: str = "panoptic") -> None:
-        root = Path(data_dir).expanduser()
-        what = f"dataset coco_panoptic ({root})"
-        path = root / panoptic_file
-        if not path.is_file():
-            raise FileNotFoundError(f"{what}: {path} not found")
+        root, what, data = sc.open_annotations(data_dir, panoptic_file, reader="coco_panoptic")
         if item_template.count("<seg>") != 1 or "{label}" not in item_template:
             raise ValueError(f"{what}: item_template must contain {{label}} and <seg> once, got {item_template!r}")
         if not question_templates:
             raise ValueError(f"{what}: question_templates must not be empty")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{what}: {path} is not valid JSON: {exc}") from None
         self.images = {im["id"]: im for im in data["images"]}
         self.categories = {c["id"]: c for c in data["categories"]}
         self.annotations = [a for a in data["annotations"] if 0 < len(a["segments_info"]) <= max_segments]

@@ -36,18 +36,13 @@ class CocoPartsDataset(Dataset):
                  answer_templates: tuple[str, ...] = ("It is <seg>.",), seg_token: str = "<seg>", task: str = "seg",
                  parts_per_sample: int = 1, seed: int = 0, max_samples: int | None = None,
                  name: str = "part") -> None:
-        root = Path(data_dir).expanduser()
-        what = f"dataset coco_parts ({root})"
-        inst_path = root / instances_file
-        if not inst_path.is_file():
-            raise FileNotFoundError(f"{what}: {inst_path} not found")
+        root, what, inst = sc.open_annotations(data_dir, instances_file, reader="coco_parts")
         for q in question_templates:
             if "{part}" not in q or "{whole}" not in q:
                 raise ValueError(f"{what}: question template {q!r} needs {{part}} and {{whole}}")
         sc.check_templates(("{sent}",), answer_templates, what=what)
         if parts_per_sample < 1:
             raise ValueError(f"{what}: parts_per_sample must be >= 1, got {parts_per_sample}")
-        inst = json.loads(inst_path.read_text())
         cats = {c["id"]: c["name"] for c in inst["categories"]}
         self.images = {im["id"]: im for im in inst["images"]}
         anns = {a["id"]: a for a in inst["annotations"]}

@@ -24,7 +24,6 @@ its category), the default questions ask for a box ("Where is the red square? Gi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -76,8 +75,8 @@ class RefCocoDataset(Dataset):
             raise ValueError(f"{what}: refs_per_sample must be >= 1, got {refs_per_sample}")
         sc.check_templates(question_templates, answer_templates, what=what)
         sc.check_templates([multi_question_template], [multi_answer_item], what=what)
-        refs = _read_json(refs_path, what)
-        inst = _read_json(inst_path, what)
+        refs = sc.read_json(refs_path, what)
+        inst = sc.read_json(inst_path, what)
         if not isinstance(refs, list) or not isinstance(inst, dict) or "annotations" not in inst or "images" not in inst:
             raise ValueError(f"{what}: expected refs.json to be a list of refs and instances.json a COCO dict "
                              f"with 'images' and 'annotations'")
@@ -171,10 +170,3 @@ class RefCocoDataset(Dataset):
         question = sc.fill(rng.choice(self.questions), sent=phrase)
         answer = sc.with_token(rng.choice(self.answers), self.seg_token)
         return [Turn(role="user", text=question, images=1 if first else 0), Turn(role="assistant", text=answer)]
-
-
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what}: {path} is not valid JSON: {exc}") from None

@@ -3,9 +3,11 @@ answer templates, seeded choices, mask decoding and polygon rasterising."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,6 +32,25 @@ def fill(template: str, **fields: str) -> str:
     """``template.format(**fields)`` without a doubled article: the template "Please segment the {sent}."
     with the expression "the tree on the right" reads "Please segment the tree on the right."."""
     return _DOUBLE_ARTICLE.sub(lambda m: m.group(1), template.format(**fields))
+
+
+def read_json(path: Path, what: str) -> Any:
+    """``path`` parsed, or a ValueError that names the reader (``what``) and the file."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}: {path} is not valid JSON: {exc}") from None
+
+
+def open_annotations(data_dir: str, file: str, *, reader: str) -> tuple[Path, str, Any]:
+    """(root, the reader's name for errors, the parsed JSON) of ``data_dir/file``; a missing or malformed file
+    is an error naming the reader and the path."""
+    root = Path(data_dir).expanduser()
+    what = f"dataset {reader} ({root})"
+    path = root / file
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} not found")
+    return root, what, read_json(path, what)
 
 
 def rng_for(seed: int, index: int) -> random.Random:

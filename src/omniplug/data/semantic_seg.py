@@ -22,7 +22,7 @@ text-only "no" instead (that question then carries no mask target).
 ``question_templates_by_class: {class name: [templates]}`` asks the named classes in their own forms: stuff
 regions in the referring form people type ("Please segment the sky."), while thing classes keep a form of
 their own — "Please segment the circle." in a referring dataset means one circle, here all of them, and one
-question form meaning both made the default model's referring masks worse (bench/default/README.md, v15).
+question form meaning both made the default model's referring masks worse (bench/HISTORY.md, v15).
 """
 
 from __future__ import annotations

@@ -349,7 +349,7 @@ class DiffusionDecoder(Decoder):
         """KL(target histogram || read-out of the pooled conditioning): 0 when the conditioning names the
         colours of what the picture is about. Why: a UNet trained from scratch only learns to use a prompt
         whose conditioning already says what differs between pictures; the LLM's ``<gen>`` states, trained
-        through the diffusion loss alone, say it weakly (bench/default/README.md, "What the conditioning
+        through the diffusion loss alone, say it weakly (bench/HISTORY.md, probe gen_conditioning; "What the conditioning
         carries"), as the ``<seg>`` prompts did before the SAM decoder's prompt-region alignment."""
         hist = self.colour_histograms(targets).to(cond.device)
         log_pred = F.log_softmax(self.content_head(cond.float().mean(dim=1)), dim=-1)

@@ -14,7 +14,7 @@ image-wide positional encoding averaged over the target mask, detached — again
 region. It gives the LLM a direct signal of *which* region a ``<seg>`` is about, independent of how
 far the mask decoder has come: trained from scratch, the ``<seg>`` states can otherwise collapse to one
 vector for every question (cosine ~0.998 between questions in the default world recipe's failed runs,
-``bench/default/README.md``), and the mask decoder then draws one generic blob.
+``bench/HISTORY.md``, probe seg_prompts), and the mask decoder then draws one generic blob.
 
 Preprocessing is SAM's own (``SamImageProcessorPil``: longest side to SAM's input size,
 ImageNet normalisation, zero padding to a square) and needs no torchvision.
