@@ -8,6 +8,7 @@ example a projector's ``in_features`` when the YAML leaves it out).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -17,7 +18,28 @@ from torch import Tensor, nn
 from omniplug.types import DecoderInput, DecoderOutput, GenerateOutput, ImageFeatures, LLMOutput
 
 
-class Encoder(nn.Module, ABC):
+class Exportable:
+    """What ``omniplug export`` asks of a module (``omniplug.weights.export``).
+
+    ``checkpoint_modules`` names the submodules whose weights come from the entry's checkpoint folder (and go back
+    into one on export); every other parameter and buffer of the module is written to the export's
+    ``heads.safetensors``. ``export_pretrained`` writes the folder in its library's own format and returns the
+    catalogue entry that loads it back; the default (no folder) keeps the entry and needs no checkpoint.
+    """
+
+    checkpoint_modules: tuple[str, ...] = ()
+
+    def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str) -> dict[str, Any]:
+        """Write the checkpoint folder into ``directory`` (which exists and is empty) and return ``entry``
+        (``type`` plus parameters) changed to load it; ``ref`` is how the exported config names ``directory``
+        (e.g. ``${base_dir}/decoders/seg``)."""
+        if self.checkpoint_modules:
+            raise NotImplementedError(f"{type(self).__name__} loads {self.checkpoint_modules} from a checkpoint but "
+                                      f"cannot export them: implement export_pretrained")
+        return entry
+
+
+class Encoder(Exportable, nn.Module, ABC):
     """images -> tokens for the LLM (and dense features when the encoder has them)."""
 
     supplied_by_build: ClassVar[tuple[str, ...]] = ()
@@ -32,7 +54,7 @@ class Encoder(nn.Module, ABC):
     def forward(self, pixel_values: Tensor) -> ImageFeatures: ...
 
 
-class Projector(nn.Module, ABC):
+class Projector(Exportable, nn.Module, ABC):
     """Maps features of one width to another; used for input (image->LLM) and output (LLM->decoder)."""
 
     supplied_by_build: ClassVar[tuple[str, ...]] = ("in_features", "out_features")
@@ -86,7 +108,7 @@ class Tokenizer(ABC):
     def save(self, directory: str) -> None: ...
 
 
-class LanguageModel(nn.Module, ABC):
+class LanguageModel(Exportable, nn.Module, ABC):
     """Wraps a causal LM: embeddings in, logits and last hidden states out."""
 
     supplied_by_build: ClassVar[tuple[str, ...]] = ()
@@ -109,13 +131,17 @@ class LanguageModel(nn.Module, ABC):
     def quantize_weights(self) -> None:
         """Quantise weights that must be quantised after loading (CPU back ends); default: nothing."""
 
+    def load_adapter(self) -> None:
+        """Called by ``build_model`` once the vocabulary has its final size: attach a trained adapter named in
+        the entry (e.g. an exported peft LoRA); default: nothing."""
+
     @abstractmethod
     def make_trainable(self, *, full: bool, new_token_ids: list[int]) -> None:
         """Apply trainability once: ``full`` trains every weight; otherwise LoRA (when enabled)
         plus the rows of ``new_token_ids`` in the embedding and output layers."""
 
 
-class Decoder(nn.Module, ABC):
+class Decoder(Exportable, nn.Module, ABC):
     """One task: knows its trigger token(s), its loss and how to postprocess its outputs.
 
     A decoder never calls the LLM. ``OneModel`` hands it one prompt per occurrence of its

@@ -80,6 +80,7 @@ def build_model(config: Config | str | Path, overrides: list[str] | tuple[str, .
         new_token_ids = tokenizer.add_special_tokens(new_tokens)
         with _init_rng(seed, "new_token_embeddings"):
             llm.resize_token_embeddings(len(tokenizer))
+        llm.load_adapter()
         for decoder in decoders.values():
             decoder.bind_tokenizer(tokenizer)
         out_projectors: dict[str, nn.Module] = {}

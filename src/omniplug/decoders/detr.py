@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -35,7 +36,7 @@ from transformers.loss.loss_for_object_detection import HungarianMatcher, ImageL
 from omniplug.base import Decoder
 from omniplug.registry import DECODERS
 from omniplug.types import Box, DecoderInput, DecoderOutput
-from omniplug.weights.hf_local import init_from_config, load_pretrained, local_checkpoint
+from omniplug.weights.hf_local import exported_entry, init_from_config, load_pretrained, local_checkpoint, save_folder
 
 
 @dataclass
@@ -71,6 +72,7 @@ class DetrDecoder(Decoder):
     default_token = "<det>"
     output_kind = "boxes"
     needs_image = True
+    checkpoint_modules = ("model",)
 
     def __init__(self, *, model_name_or_path: str, token: str = "<det>", from_scratch: bool = False,
                  class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0,
@@ -108,6 +110,10 @@ class DetrDecoder(Decoder):
         self.num_queries = int(config.num_queries)
         self.score_threshold, self.max_boxes = score_threshold, max_boxes
         self.freeze_backbone, self.freeze = freeze_backbone, freeze
+
+    def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str) -> dict[str, Any]:
+        save_folder(directory, self.model, self.processor)
+        return exported_entry(entry, ref)
 
     def set_trainable(self) -> None:
         self.model.requires_grad_(not self.freeze)

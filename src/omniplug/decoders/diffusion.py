@@ -64,6 +64,7 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -78,6 +79,7 @@ from omniplug.decoders import _diffusion_parts as parts
 from omniplug.registry import DECODERS
 from omniplug.config.schema import ConfigError
 from omniplug.types import DecoderInput, DecoderOutput
+from omniplug.weights.hf_local import exported_entry
 
 
 @dataclass
@@ -107,6 +109,7 @@ class DiffusionDecoder(Decoder):
     default_task = "gen"
     default_token = "<gen>"
     output_kind = "images"
+    checkpoint_modules = ("unet", "vae", "text_encoder")
 
     def __init__(self, *, model_name_or_path: str, num_tokens: int = 4, token: str = "<gen>",
                  seq_len: int | None = None, vae: str | None = "vae",
@@ -238,6 +241,22 @@ class DiffusionDecoder(Decoder):
         if self.seq_len > limit:
             raise ConfigError(f"decoder diffusion: seq_len={self.seq_len} exceeds the text encoder's {limit} positions "
                               f"(the alignment target is the caption padded to seq_len tokens)")
+
+    def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str) -> dict[str, Any]:
+        """A Stable-Diffusion-layout folder as diffusers writes it: ``unet/``, ``vae/`` (when there is one),
+        ``scheduler/`` (the noise schedule trained with, prediction type included), ``text_encoder/`` +
+        ``tokenizer/`` (when used)."""
+        self.unet.save_pretrained(str(directory / "unet"))
+        changes: dict[str, Any] = {"vae": None, "text_encoder": None}
+        if self.vae is not None:
+            self.vae.save_pretrained(str(directory / "vae"))
+            changes["vae"] = "vae"
+        parts.new_scheduler(self._scheduler_class, self._scheduler_config).save_pretrained(str(directory / "scheduler"))
+        if self.text_encoder is not None:
+            self.text_encoder.save_pretrained(str(directory / "text_encoder"))
+            self.text_tokenizer.save_pretrained(str(directory / "tokenizer"))
+            changes.update(text_encoder="text_encoder", tokenizer="tokenizer")
+        return exported_entry(entry, ref, **changes)
 
     def set_trainable(self) -> None:
         self.requires_grad_(False)

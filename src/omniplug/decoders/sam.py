@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 from transformers import SamImageProcessorPil, SamModel
 
 from omniplug.base import Decoder
-from omniplug.weights.hf_local import init_from_config, load_pretrained, local_checkpoint
+from omniplug.weights.hf_local import exported_entry, init_from_config, load_pretrained, local_checkpoint, save_folder
 from omniplug.registry import DECODERS
 from omniplug.types import DecoderInput, DecoderOutput, Mask
 
@@ -89,6 +90,7 @@ class SamDecoder(Decoder):
     default_token = "<seg>"
     output_kind = "masks"
     needs_image = True
+    checkpoint_modules = ("model",)
 
     def __init__(self, *, model_name_or_path: str, token: str = "<seg>", train_mask_decoder: bool = True,
                  freeze_image_encoder: bool = True, freeze_prompt_encoder: bool = True, mask_threshold: float = 0.0,
@@ -124,6 +126,10 @@ class SamDecoder(Decoder):
         # the term keep their parameter set
         self.align_head = nn.Linear(self.prompt_dim, 2 * self.dense_width) if prompt_align_weight > 0 else None
         self.freeze = freeze
+
+    def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str) -> dict[str, Any]:
+        save_folder(directory, self.model, self.processor)
+        return exported_entry(entry, ref)
 
     def set_trainable(self) -> None:
         self.model.requires_grad_(False)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from PIL import Image
 from torch import Tensor
@@ -10,7 +11,7 @@ from transformers import CLIPVisionModel
 
 from omniplug.base import Encoder
 from omniplug.encoders import _clip_common as common
-from omniplug.weights.hf_local import init_from_config, load_pretrained, local_checkpoint
+from omniplug.weights.hf_local import exported_entry, init_from_config, load_pretrained, local_checkpoint, save_folder
 from omniplug.registry import ENCODERS
 from omniplug.types import ImageFeatures
 
@@ -19,6 +20,8 @@ from omniplug.types import ImageFeatures
 class ClipEncoder(Encoder):
     """CLIP ViT image tower. ``select_feature_layer=-2`` is LLaVA's choice (penultimate layer);
     ``select_feature="patch"`` drops the CLS token, ``"cls_patch"`` keeps it."""
+
+    checkpoint_modules = ("model",)
 
     def __init__(
         self,
@@ -42,6 +45,10 @@ class ClipEncoder(Encoder):
         self.processor = common.clip_processor(path, image_size=cfg.image_size)
         self.out_dim = cfg.hidden_size
         self.num_tokens = common.token_count(image_size=cfg.image_size, patch_size=cfg.patch_size, keep_cls=self.keep_cls)
+
+    def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str) -> dict[str, Any]:
+        save_folder(directory, self.model, self.processor)
+        return exported_entry(entry, ref)
 
     def preprocess(self, images: list[Image.Image]) -> Tensor:
         return common.preprocess(self.processor, images)

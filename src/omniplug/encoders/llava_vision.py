@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from PIL import Image
 from torch import Tensor
@@ -10,7 +11,7 @@ from transformers import LlavaForConditionalGeneration
 
 from omniplug.base import Encoder
 from omniplug.encoders import _clip_common as common
-from omniplug.weights.hf_local import load_pretrained, local_checkpoint
+from omniplug.weights.hf_local import load_pretrained, local_checkpoint, save_folder
 from omniplug.registry import ENCODERS
 from omniplug.types import ImageFeatures
 
@@ -20,6 +21,8 @@ class LlavaVisionEncoder(Encoder):
     """Reuses ``model.model.vision_tower`` of a LlavaForConditionalGeneration checkpoint.
     Layer and CLS handling default to the checkpoint's own ``vision_feature_layer`` and
     ``vision_feature_select_strategy`` so outputs match transformers' LLaVA exactly."""
+
+    checkpoint_modules = ("tower",)
 
     def __init__(
         self,
@@ -44,6 +47,12 @@ class LlavaVisionEncoder(Encoder):
         self.processor = common.clip_processor(path, image_size=vcfg.image_size)
         self.out_dim = vcfg.hidden_size
         self.num_tokens = common.token_count(image_size=vcfg.image_size, patch_size=vcfg.patch_size, keep_cls=self.keep_cls)
+
+    def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str) -> dict[str, Any]:
+        """The tower leaves as the CLIP vision model it is (encoder ``clip``, same layer and CLS choice)."""
+        save_folder(directory, self.tower, self.processor)
+        return {"type": "clip", "model_name_or_path": ref, "freeze": self.freeze, "select_feature_layer": self.layer,
+                "select_feature": "cls_patch" if self.keep_cls else "patch"}
 
     def preprocess(self, images: list[Image.Image]) -> Tensor:
         return common.preprocess(self.processor, images)

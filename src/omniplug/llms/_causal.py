@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +38,17 @@ DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 class CausalLMWrapper(LanguageModel):
     """Holds ``self.model`` (a transformers ``*ForCausalLM``) and the LoRA settings."""
 
+    checkpoint_modules = ("model",)
+
     def __init__(self, *, model: nn.Module, freeze: bool, lora_enable: bool, lora_r: int, lora_alpha: int,
                  lora_dropout: float, target_modules: list[str] | None, bits: int | None = None,
-                 quant_backend: str = "quanto") -> None:
+                 quant_backend: str = "quanto", adapter: str | None = None, what: str = "llm") -> None:
         super().__init__()
+        if adapter is not None and lora_enable:
+            raise ValueError(f"{what}: `adapter` loads a trained LoRA and lora_enable would add a second, untrained one; "
+                             f"set lora_enable: false (the adapter's own weights stay trainable in train_mode 1)")
         self.model = model
+        self.adapter = adapter
         self.bits = bits
         self.quant_backend = quant_backend
         self.freeze = freeze
@@ -108,7 +115,32 @@ class CausalLMWrapper(LanguageModel):
                     noise = torch.randn((size - old, weight.shape[1]), generator=generator).to(weight.device)
                     weight[old:] = (base.mean(0) + 0.5 * base.std(0) * noise).to(weight.dtype)
 
+    def load_adapter(self) -> None:
+        """``adapter: DIR``: a peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, as
+        ``omniplug export`` or peft's ``save_pretrained`` write it) put on the base model, after the vocabulary
+        was resized (its trainable token rows index the grown embedding)."""
+        if self.adapter is None:
+            return
+        from peft import PeftModel
+
+        from omniplug.weights.hf_local import local_checkpoint
+
+        path = local_checkpoint(self.adapter, what="llm adapter", must_contain=("adapter_config.json",))
+        self.model = PeftModel.from_pretrained(self.model, str(path), is_trainable=True)
+
     def make_trainable(self, *, full: bool, new_token_ids: list[int]) -> None:
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):  # an adapter loaded from its folder (load_adapter)
+            if full:
+                self.model = self.model.merge_and_unload()
+                self.model.requires_grad_(True)
+                return
+            self.model.requires_grad_(False)
+            for name, param in self.model.named_parameters():
+                if "lora_" in name or "trainable_tokens_" in name:
+                    param.requires_grad_(True)
+            return
         if full:
             self.model.requires_grad_(True)
             return
@@ -129,6 +161,42 @@ class CausalLMWrapper(LanguageModel):
             from omniplug.llms.quant import quanto_quantize
 
             quanto_quantize(self.model, self.bits)
+
+    def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str,
+                          lora: Literal["merge", "adapter", "adapter_only"] = "merge",
+                          adapter_directory: Path | None = None, adapter_ref: str | None = None) -> dict[str, Any]:
+        """The LLM as a transformers causal-LM folder (``AutoModelForCausalLM.from_pretrained`` loads it; the grown
+        vocabulary included). A peft-wrapped LLM (LoRA, trainable token rows): ``merge`` folds the adapter into
+        the weights (``merge_and_unload``); ``adapter`` writes the base without it and the adapter beside it
+        (``adapter_directory``); ``adapter_only`` writes only the adapter, for a base the user already has.
+        Consumes the wrapper: its model is merged or unloaded afterwards."""
+        from peft import PeftModel
+
+        entry = {k: v for k, v in entry.items() if k not in ("from_scratch", "adapter")}
+        peft = isinstance(self.model, PeftModel)
+        if lora == "adapter_only":
+            if not peft:
+                raise ValueError("--adapter-only shares a peft fine-tune (LoRA or trainable token rows, train_mode 1), "
+                                 "but this LLM trains all its weights (train_mode 2 or no peft); export without it")
+            assert adapter_directory is not None and adapter_ref is not None
+            self._save_adapter(adapter_directory)
+            return {**entry, "lora_enable": False, "adapter": adapter_ref}  # the base others have, as it was named
+        entry["type"] = "hf_causal_lm"  # a llava LLM leaves as the causal LM it wraps
+        model = self.model
+        if peft and lora == "merge":
+            model = self.model = self.model.merge_and_unload()
+        elif peft:
+            assert adapter_directory is not None and adapter_ref is not None
+            self._save_adapter(adapter_directory)
+            model = self.model = self.model.unload()
+            entry["adapter"] = adapter_ref
+        model.save_pretrained(str(directory))  # transformers writes safetensors only
+        return {**entry, "model_name_or_path": ref, "lora_enable": False}
+
+    def _save_adapter(self, directory: Path) -> None:
+        # the embedding rows of new tokens are rebuilt by resize_token_embeddings (fixed seed) and the trained ones
+        # travel as trainable-token values: no full copy of the embedding in the adapter
+        self.model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
 
     def _token_targets(self, ids: list[int]) -> dict[str, list[int]]:
         if not ids:

@@ -17,7 +17,7 @@ class HFCausalLM(CausalLMWrapper):
                  freeze: bool = False, lora_enable: bool = False, lora_r: int = 8, lora_alpha: int = 16,
                  lora_dropout: float = 0.05, target_modules: list[str] | None = None,
                  bits: Literal[4, 8] | None = None, load_in_8bit: bool = False,
-                 quant_backend: Literal["auto", "bitsandbytes", "quanto"] = "auto",
+                 quant_backend: Literal["auto", "bitsandbytes", "quanto"] = "auto", adapter: str | None = None,
                  attn_implementation: Literal["eager", "sdpa"] = "sdpa", from_scratch: bool = False) -> None:
         path = local_checkpoint(model_name_or_path, what="llm hf_causal_lm")
         bits, backend, quant_kwargs = quant_settings(bits=bits, load_in_8bit=load_in_8bit, quant_backend=quant_backend,
@@ -31,4 +31,5 @@ class HFCausalLM(CausalLMWrapper):
             model = load_pretrained(AutoModelForCausalLM, path, dtype=DTYPES[dtype],
                                     attn_implementation=attn_implementation, **quant_kwargs)
         super().__init__(model=model, freeze=freeze, lora_enable=lora_enable, lora_r=lora_r, lora_alpha=lora_alpha,
-                         lora_dropout=lora_dropout, target_modules=target_modules, bits=bits, quant_backend=backend)
+                         lora_dropout=lora_dropout, target_modules=target_modules, bits=bits, quant_backend=backend,
+                         adapter=adapter, what="llm hf_causal_lm")

@@ -12,8 +12,10 @@ with a LLaVA projector leave it unset.
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from omniplug.base import Projector
@@ -47,8 +49,17 @@ class MLPProjector(Projector):
             self.norm = nn.LayerNorm(out_features)
             nn.init.constant_(self.norm.weight, output_norm)
         if ckpt_path:
+            self.checkpoint_modules = ("layers",)
             state = read_state_dict(ckpt_path, what="projector mlp")
             load_into(self.layers, state, prefix_marker="mm_projector.", what="projector mlp", source=ckpt_path)
+
+    def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str) -> dict[str, Any]:
+        """Only an mlp read from ``ckpt_path`` has a file of its own; it is written back in the same layout."""
+        if not self.checkpoint_modules:
+            return entry
+        state = {k: v.detach().contiguous().clone() for k, v in self.layers.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        return {**entry, "ckpt_path": f"{ref}/model.safetensors"}
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.layers(x)

@@ -69,3 +69,18 @@ def init_from_config(cls: Any, path: Path, **kwargs: Any) -> Any:
 
 def _accepts_remote_code(cls: Any) -> bool:
     return cls.__name__.startswith("Auto")
+
+
+def save_folder(directory: Path, model: Any, processor: Any = None) -> None:
+    """``omniplug export``: a transformers model (and its processor) as ``save_pretrained`` writes them
+    (safetensors only), so that ``from_pretrained(directory)`` loads them without omniplug."""
+    model.save_pretrained(str(directory))
+    if processor is not None:
+        processor.save_pretrained(str(directory))
+
+
+def exported_entry(entry: dict[str, Any], ref: str, **changes: Any) -> dict[str, Any]:
+    """The catalogue entry that loads an exported folder: ``model_name_or_path`` at it, trained weights (no
+    ``from_scratch``)."""
+    out = {k: v for k, v in entry.items() if k != "from_scratch"}
+    return {**out, "model_name_or_path": ref, **changes}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -50,8 +51,15 @@ def load_trainable(model, path: str | Path) -> None:
         raise ConfigError(f"weights not found: {file} (expected a {WEIGHTS_NAME} written by omniplug train)")
     try:
         state = load_file(str(file))
+        with safe_open(str(file), "pt") as fh:
+            kind = (fh.metadata() or {}).get("omniplug")
     except Exception as exc:
         raise ConfigError(f"cannot read weights {file}: {exc}") from None
+    if kind == "export":  # heads.safetensors of `omniplug export`: the rest comes from the exported folders
+        from omniplug.weights.export import load_heads
+
+        load_heads(model, state, file)
+        return
     params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     own = trainable_state_dict(model)
     missing = sorted(set(own) - set(state))
