@@ -274,3 +274,23 @@ def test_the_bundled_model_exports_and_serves(tmp_path):
     service = Service(config=str(out / "omniplug.yaml"), settings=settings,
                       admission=Admission(concurrency=settings.concurrency, queue_size=settings.queue_size)).start()
     assert service.wait(120).state == "ready", service.readiness.message
+
+
+def test_an_exported_adapter_trains_on(trained, tmp_path):
+    """`adapter: DIR` in an LLM entry: train_mode 1 trains the adapter's LoRA and token rows, nothing of the base."""
+    config, run = trained
+    out = _export(config, run, tmp_path / "adapter", "--adapter-only")
+    model = build_model(out / "omniplug.yaml")
+    llm_trainable = [n for n, p in model.llm.named_parameters() if p.requires_grad]
+    assert llm_trainable and all("lora_" in n or "trainable_tokens_" in n for n in llm_trainable)
+    with pytest.raises(ConfigError, match="lora_enable"):
+        build_model(out / "omniplug.yaml", ["llm.tiny_llama.lora_enable=true"])
+
+
+def test_the_model_card_names_the_licence_a_source_states(tmp_path):
+    from omniplug.weights.export import _licence
+
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n# a model\n")
+    assert _licence(str(tmp_path)) == "apache-2.0"
+    (tmp_path / "README.md").write_text("# no front matter\n")
+    assert _licence(str(tmp_path)) == "not stated"

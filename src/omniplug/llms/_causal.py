@@ -11,6 +11,7 @@ from peft import LoraConfig, TrainableTokensConfig, get_peft_model
 from torch import Tensor, nn
 
 from omniplug.base import LanguageModel
+from omniplug.config.schema import ConfigError
 from omniplug.types import GenerateOutput, LLMOutput
 
 
@@ -45,7 +46,7 @@ class CausalLMWrapper(LanguageModel):
                  quant_backend: str = "quanto", adapter: str | None = None, what: str = "llm") -> None:
         super().__init__()
         if adapter is not None and lora_enable:
-            raise ValueError(f"{what}: `adapter` loads a trained LoRA and lora_enable would add a second, untrained one; "
+            raise ConfigError(f"{what}: `adapter` loads a trained LoRA and lora_enable would add a second, untrained one; "
                              f"set lora_enable: false (the adapter's own weights stay trainable in train_mode 1)")
         self.model = model
         self.adapter = adapter

@@ -275,13 +275,17 @@ def _write_manifest_and_card(root: Path, result: ExportResult, config: Config, *
         original_path = original.params.get("model_name_or_path") if original else None
         scratch = bool(original and original.params.get("from_scratch"))
         where = entry.get("model_name_or_path", "-")
-        rows.append(f"| {section} `{name}` | `{entry['type']}` | `{where}` | "
-                    f"{'trained from scratch here' if scratch else _licence(original_path)} |")
+        licence = ("trained from scratch here" if scratch else _licence(original_path) if original_path
+                   else f"trained here ({HEADS_NAME})" if section != "tokenizer" else "not stated")
+        rows.append(f"| {section} `{name}` | `{entry['type']}` | `{where}` | {licence} |")
+    types = {part_prefix: entry["type"] for part_prefix, entry in _prefix_entries(config, entries).items()}
     folders = "\n".join(f"| `{folder}/` | {_WHAT.get(prefix.split('.')[0], prefix)}"
-                        f"{' ' + prefix.split('.', 1)[1] if '.' in prefix else ''} |"
+                        f"{' `' + prefix.split('.', 1)[1] + '`' if '.' in prefix else ''} (`{types.get(prefix, '?')}`) |"
                         for prefix, folder in result.folders.items())
     figures = _eval_figures(weights)
-    mode_text = {"adapter": "the LLM's peft adapter (if any) kept apart in `llm_adapter/`",
+    apart = (root / "llm_adapter").is_dir()
+    mode_text = {"adapter": "the LLM's peft adapter kept apart in `llm_adapter/`" if apart
+                 else "the LLM has no adapter: all its weights are in `llm/`",
                  "merge": "LoRA merged into the LLM (`merge_and_unload`)",
                  "adapter_only": "only the LLM adapter and the trained non-LLM parts; the config points at the "
                                  "original checkpoints"}[result.mode]
@@ -320,6 +324,20 @@ Image placeholder `{om.image_token}`; conversation template `{om.conv_type}`; tr
 {figures}
 """
     (root / "README.md").write_text(card)
+
+
+def _prefix_entries(config: Config, entries: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    om = config.one_model
+    out: dict[str, dict[str, Any]] = {"llm": entries[("llm", om.llm)]}
+    if om.encoder:
+        out["encoder"] = entries[("encoder", om.encoder)]
+        out["in_projector"] = entries[("projector", om.in_projector)]
+    for task, entry in config.decoder_entries().items():
+        out[f"decoders.{task}"] = entries[("decoder", entry.name)]
+        proj = config.out_projector_entry(task) if om.out_projector else None
+        if proj is not None:
+            out[f"out_projectors.{task}"] = entries[("projector", proj.name)]
+    return out
 
 
 def _eval_figures(weights: str | None) -> str:
