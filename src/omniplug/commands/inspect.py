@@ -1,4 +1,7 @@
-"""``omniplug inspect -c CONFIG [key=value ...] [--json]``: build a model offline and summarise its modules."""
+"""``omniplug inspect -c CONFIG [key=value ...] [--json] [--meta [--gpus N]]``: build a model offline and summarise
+its modules. ``--meta`` plans a model before its weights exist: every checkpoint is read as its ``config.json`` alone
+(a folder with only that file will do) and built on the meta device, and the memory that training (per DeepSpeed
+ZeRO stage) and inference (fp16 / int8 / int4) will need for weights, gradients and optimizer state is estimated."""
 
 from __future__ import annotations
 
@@ -64,6 +67,61 @@ def describe(model) -> dict[str, Any]:
     }
 
 
+GiB = 2 ** 30
+
+
+def memory_plan(model, *, gpus: int = 8) -> dict[str, Any]:
+    """Bytes for weights, gradients and Adam state, from the built model's parameters (no activations, no
+    buffers, no framework overhead — a floor, not a promise).
+
+    Training with AdamW in mixed precision: each trainable parameter has a gradient in its own dtype, two fp32
+    moments and, when it is not fp32, an fp32 master copy. ZeRO-1 shards the optimizer state (moments + master) over
+    ``gpus``, ZeRO-2 also the gradients, ZeRO-3 also the weights; FSDP full sharding is ZeRO-3's figure.
+    Inference: every module at 2 bytes a parameter (fp16/bf16), and the LLM at 1 (int8) or 0.5 (int4)."""
+    seen: set[int] = set()
+    weights = grads = optim = 0
+    llm_params = other_params = 0
+    llm_ids = {id(p) for p in model.llm.parameters()}
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        size = p.element_size()
+        weights += p.numel() * size
+        if id(p) in llm_ids:
+            llm_params += p.numel()
+        else:
+            other_params += p.numel()
+        if p.requires_grad:
+            grads += p.numel() * size
+            optim += p.numel() * (8 + (0 if p.dtype.is_floating_point and size == 4 else 4))
+    zero = {
+        "zero0": weights + grads + optim,
+        "zero1": weights + grads + optim / gpus,
+        "zero2": weights + (grads + optim) / gpus,
+        "zero3": (weights + grads + optim) / gpus,
+    }
+    inference = {"fp16": 2 * (llm_params + other_params), "int8": llm_params + 2 * other_params,
+                 "int4": llm_params / 2 + 2 * other_params}
+    return {"gpus": gpus, "weights_bytes": weights, "grad_bytes": grads, "optimizer_bytes": optim,
+            "train_per_gpu_bytes": zero, "inference_bytes": inference,
+            "note": "weights + gradients + AdamW state only; activations, buffers and framework overhead come on top"}
+
+
+def format_memory(plan: dict[str, Any]) -> str:
+    z, inf = plan["train_per_gpu_bytes"], plan["inference_bytes"]
+    g = plan["gpus"]
+    return "\n".join([
+        f"memory plan ({plan['note']}):",
+        f"  weights {plan['weights_bytes'] / GiB:.2f} GiB as built, gradients {plan['grad_bytes'] / GiB:.2f} GiB, "
+        f"AdamW state {plan['optimizer_bytes'] / GiB:.2f} GiB",
+        f"  training, per GPU of {g}: DDP / ZeRO-0 {z['zero0'] / GiB:.2f} GiB, ZeRO-1 {z['zero1'] / GiB:.2f}, "
+        f"ZeRO-2 {z['zero2'] / GiB:.2f}, ZeRO-3 / FSDP {z['zero3'] / GiB:.2f}",
+        f"  inference weights: fp16 {inf['fp16'] / GiB:.2f} GiB, LLM int8 {inf['int8'] / GiB:.2f}, "
+        f"LLM int4 {inf['int4'] / GiB:.2f}",
+    ])
+
+
 def _unwrap(m):
     base = getattr(m, "base_model", None)
     inner = getattr(base, "model", None) if base is not None else None
@@ -95,13 +153,30 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", required=True, help="YAML config file")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. base_dir=/data one_model.llm=llava_7b")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--meta", action="store_true",
+                   help="plan without weights: build on the meta device from the checkpoints' config.json files, and "
+                        "estimate training / inference memory")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs the ZeRO estimates shard over (with --meta; default 8)")
 
 
 @command("inspect", "build a model from a config offline and summarise its modules")(_args)
 def _inspect(args: argparse.Namespace) -> int:
     from omniplug.build import build_model
 
-    model = build_model(args.config, args.overrides)
+    if args.gpus < 1:
+        raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
+    if args.meta:
+        from omniplug.weights.hf_local import meta_build
+
+        with meta_build():
+            model = build_model(args.config, args.overrides, load_weights=False)
+    else:
+        model = build_model(args.config, args.overrides)
     info = describe(model)
-    print(json.dumps(info, indent=2) if args.json else format_table(info))
+    if args.meta:
+        info["memory"] = memory_plan(model, gpus=args.gpus)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_table(info) + ("\n\n" + format_memory(info["memory"]) if args.meta else ""))
     return 0

@@ -158,7 +158,9 @@ class CausalLMWrapper(LanguageModel):
 
     def quantize_weights(self) -> None:
         """CPU backends quantise here, once the weights are final (bitsandbytes did it while loading)."""
-        if self.bits and self.quant_backend == "quanto":
+        from omniplug.weights.hf_local import building_on_meta
+
+        if self.bits and self.quant_backend == "quanto" and not building_on_meta():  # a plan counts fp weights
             from omniplug.llms.quant import quanto_quantize
 
             quanto_quantize(self.model, self.bits)

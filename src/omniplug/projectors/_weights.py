@@ -12,7 +12,12 @@ from torch import Tensor, nn
 from omniplug.config.schema import ConfigError
 
 
-def read_state_dict(path: str | Path, *, what: str) -> dict[str, Tensor]:
+def read_state_dict(path: str | Path, *, what: str) -> dict[str, Tensor] | None:
+    """The tensors of a projector file; ``None`` while planning on the meta device (no weights are read)."""
+    from omniplug.weights.hf_local import building_on_meta
+
+    if building_on_meta():
+        return None
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"{what}: ckpt_path not found: {p}")
@@ -32,9 +37,11 @@ def read_state_dict(path: str | Path, *, what: str) -> dict[str, Tensor]:
     return state
 
 
-def load_into(module: nn.Module, state: dict[str, Tensor], *, prefix_marker: str, what: str, source: str) -> None:
+def load_into(module: nn.Module, state: dict[str, Tensor] | None, *, prefix_marker: str, what: str, source: str) -> None:
     """Load ``state`` into ``module`` after stripping everything up to ``prefix_marker``
-    (e.g. ``model.mm_projector.0.weight`` -> ``0.weight``). Shape mismatches name the tensor."""
+    (e.g. ``model.mm_projector.0.weight`` -> ``0.weight``). Shape mismatches name the tensor. ``None``: nothing."""
+    if state is None:
+        return
     cleaned: dict[str, Tensor] = {}
     for key, value in state.items():
         short = key.split(prefix_marker, 1)[1] if prefix_marker in key else key

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from torch import Tensor, nn
 
 from omniplug.base import Projector
@@ -19,6 +22,10 @@ class LinearProjector(Projector):
         if ckpt_path:
             state = read_state_dict(ckpt_path, what="projector linear")
             load_into(self.layers, state, prefix_marker="mm_projector.", what="projector linear", source=ckpt_path)
+
+    def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str) -> dict[str, Any]:
+        """The weights (read from ``ckpt_path`` or trained) travel in the export's heads file."""
+        return {k: v for k, v in entry.items() if k != "ckpt_path"}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)

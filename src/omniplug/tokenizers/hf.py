@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 from transformers import AutoTokenizer
 
 from omniplug.base import Tokenizer
-from omniplug.weights.hf_local import local_checkpoint
+from omniplug.weights.hf_local import building_on_meta, local_checkpoint
 from omniplug.registry import TOKENIZERS
 
 
@@ -21,7 +23,10 @@ class HFTokenizer(Tokenizer):
                  model_max_length: int | None = None, extra_special_tokens: list[str] | None = None,
                  add_bos: bool = True) -> None:
         path = local_checkpoint(model_name_or_path, what="tokenizer hf", must_contain=())
-        self.hf = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        if building_on_meta() and not _has_tokenizer_files(path):
+            self.hf = PlannedVocabulary.from_config(path)  # planning a model from config files alone
+        else:
+            self.hf = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
         self.hf.padding_side = padding_side
         if model_max_length:
             self.hf.model_max_length = model_max_length
@@ -79,3 +84,53 @@ class HFTokenizer(Tokenizer):
 
     def save(self, directory: str) -> None:
         self.hf.save_pretrained(directory)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def _has_tokenizer_files(path: Path) -> bool:
+    return any((path / name).is_file() for name in _TOKENIZER_FILES)
+
+
+class PlannedVocabulary:
+    """``omniplug inspect --meta`` on a folder with only ``config.json``: a vocabulary of the LLM config's
+    ``vocab_size`` (ids only, no text) to which the task tokens are added, so the planned embedding has its real
+    size. It cannot encode or decode text."""
+
+    padding_side = "right"
+    model_max_length = 0
+
+    def __init__(self, size: int, *, pad: int | None, bos: int | None, eos: int | None) -> None:
+        self.size, self.added = size, {}
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = pad if pad is not None else 0, bos, eos
+        self.pad_token = self.unk_token = self.eos_token = "<planned>"
+        self.unk_token_id = None
+
+    @classmethod
+    def from_config(cls, path: Path) -> "PlannedVocabulary":
+        config: dict[str, Any] = json.loads((path / "config.json").read_text())
+        text = config.get("text_config", config)  # a LLaVA folder keeps the LLM's config inside
+        size = text.get("vocab_size") or config.get("vocab_size")
+        if not size:
+            raise ValueError(f"tokenizer hf: {path} has no tokenizer files and its config.json no vocab_size to plan with")
+        return cls(int(size), pad=text.get("pad_token_id"), bos=text.get("bos_token_id"), eos=text.get("eos_token_id"))
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.added)
+
+    def add_special_tokens(self, tokens: dict[str, list[str]], **_: Any) -> int:
+        for token in tokens.get("additional_special_tokens", []):
+            self.added.setdefault(token, self.size + len(self.added))
+        return len(tokens.get("additional_special_tokens", []))
+
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        return self.added.get(token)
+
+    def __len__(self) -> int:
+        return self.size + len(self.added)
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        raise ValueError("a planned vocabulary (inspect --meta without tokenizer files) cannot encode text")
+
+    decode = save_pretrained = __call__

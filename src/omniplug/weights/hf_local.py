@@ -16,6 +16,25 @@ from typing import Any, Iterator
 from omniplug.config.schema import ConfigError
 
 _CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("omniplug_shared_loads", default=None)
+_META: contextvars.ContextVar[bool] = contextvars.ContextVar("omniplug_meta_build", default=False)
+
+
+@contextlib.contextmanager
+def meta_build() -> Iterator[None]:
+    """Plan a model before its weights exist (``omniplug inspect --meta``): inside, checkpoints are read as their
+    ``config.json`` alone and every model is built on the meta device (shapes and dtypes, no memory, no weights)."""
+    import torch
+
+    token = _META.set(True)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        _META.reset(token)
+
+
+def building_on_meta() -> bool:
+    return _META.get()
 
 
 def local_checkpoint(path: str | None, *, what: str, must_contain: tuple[str, ...] = ("config.json",)) -> Path:
@@ -49,7 +68,10 @@ def load_pretrained(cls: Any, path: Path, **kwargs: Any) -> Any:
     key = (cls.__qualname__, str(Path(path).resolve()), tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
     if cache is not None and key in cache:
         return cache[key]
-    obj = cls.from_pretrained(str(path), **kwargs)
+    if _META.get() and _is_model_class(cls):
+        obj = _on_meta(cls, Path(path), kwargs)
+    else:
+        obj = cls.from_pretrained(str(path), **kwargs)
     if cache is not None:
         cache[key] = obj
     return obj
@@ -65,6 +87,26 @@ def init_from_config(cls: Any, path: Path, **kwargs: Any) -> Any:
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
         return cls.from_config(config, **kwargs)
     return cls(cls.config_class.from_pretrained(str(path)), **kwargs)
+
+
+def _is_model_class(cls: Any) -> bool:
+    """transformers / diffusers model classes (what has weights); processors and tokenizers load as usual."""
+    from torch import nn
+
+    if isinstance(cls, type) and issubclass(cls, nn.Module):  # (diffusers' AutoencoderKL is one)
+        return True
+    return cls.__name__.startswith("AutoModel")  # transformers' Auto* factories are not modules
+
+
+def _on_meta(cls: Any, path: Path, kwargs: dict[str, Any]) -> Any:
+    """``from_pretrained`` without the weights: the model of ``path``'s config, on the meta device."""
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    if cls.__module__.startswith("diffusers"):
+        model = cls.from_config(cls.load_config(str(path))).to("meta")  # some build on the CPU regardless
+    else:
+        extra = {k: v for k, v in kwargs.items() if k == "attn_implementation"}
+        model = init_from_config(cls, path, **extra)
+    return model.to(dtype) if dtype is not None else model
 
 
 def _accepts_remote_code(cls: Any) -> bool:
