@@ -140,6 +140,18 @@ class LanguageModel(Exportable, nn.Module, ABC):
         """Apply trainability once: ``full`` trains every weight; otherwise LoRA (when enabled)
         plus the rows of ``new_token_ids`` in the embedding and output layers."""
 
+    def enable_gradient_checkpointing(self) -> None:
+        """``trainer.gradient_checkpointing``: recompute activations in the backward pass instead of keeping them."""
+        from omniplug.config.schema import ConfigError
+
+        raise ConfigError(f"{type(self).__name__} does not support trainer.gradient_checkpointing; "
+                                  f"implement LanguageModel.enable_gradient_checkpointing or set it to false")
+
+    def layer_class_names(self) -> list[str]:
+        """Class names of the repeated blocks (e.g. ``LlamaDecoderLayer``): ``trainer.fsdp`` shards each one
+        apart, so only one block's full weights exist at a time. Empty: the LLM is sharded as one unit."""
+        return []
+
 
 class Decoder(Exportable, nn.Module, ABC):
     """One task: knows its trigger token(s), its loss and how to postprocess its outputs.

@@ -53,6 +53,9 @@ class OneModel(nn.Module):
             raise ValueError("encoder and in_projector go together")
         self.tokenizer = tokenizer
         self.llm = llm
+        # set by the training loop under DeepSpeed / FSDP: every trainable weight outside the LLM gets a gradient
+        # (zero when its module did not run), so every rank reduces the same gradients in every step
+        self.touch_all_trainable = False
         self.encoder = encoder
         self.in_projector = in_projector
         self.decoders = nn.ModuleDict(decoders)
@@ -221,6 +224,9 @@ class OneModel(nn.Module):
                 if value is not None:
                     decoder_losses["dense/encoder"] = value
                     total = total + value
+        if self.touch_all_trainable and torch.is_grad_enabled():
+            total = total + 0.0 * sum(p.sum() for name, p in self.named_parameters()
+                                      if p.requires_grad and not name.startswith("llm."))
         return ModelOutput(loss=total, lm_loss=out.loss, decoder_losses=decoder_losses, logits=out.logits,
                            decoder_outputs=decoder_outputs)
 

@@ -132,7 +132,10 @@ class TrainerConfig:
     # token length before being cut into batches (less padding; batches mostly of one task); 0 = off
     length_group_window: int = 0
     ddp_find_unused_parameters: bool = True  # decoders absent from a batch leave parameters without gradients
-    zero_stage: Literal[0, 1, 2] | None = None  # DeepSpeed ZeRO stage via accelerate (CUDA only); None = plain DDP
+    # sharding through accelerate (docs/training.md "Beyond one process"); both off = plain DDP
+    zero_stage: Literal[0, 1, 2, 3] | None = None  # DeepSpeed ZeRO stage (CUDA, or CPU processes with gloo)
+    fsdp: bool = False  # PyTorch FSDP2: parameters, gradients and optimizer state sharded; the LLM's blocks one by one
+    gradient_checkpointing: bool = False  # the LLM recomputes its blocks' activations in backward: less memory, ~30% slower
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,16 @@ class CausalLMWrapper(LanguageModel):
             config = TrainableTokensConfig(target_modules=list(token_targets), token_indices=new_token_ids)
             self.model = get_peft_model(self.model, config)
 
+    def enable_gradient_checkpointing(self) -> None:
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"{type(self.model).__name__} does not support gradient checkpointing; set "
+                                      f"trainer.gradient_checkpointing to false")
+        # non-reentrant: works with frozen embeddings (LoRA) without forcing inputs to require gradients
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def layer_class_names(self) -> list[str]:
+        return list(getattr(self.model, "_no_split_modules", None) or [])
+
     def quantize_weights(self) -> None:
         """CPU backends quantise here, once the weights are final (bitsandbytes did it while loading)."""
         from omniplug.weights.hf_local import building_on_meta

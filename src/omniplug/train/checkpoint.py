@@ -157,8 +157,9 @@ class CheckpointWriter:
     def write_rank(self, rank: int) -> None:
         torch.save(rng_state(), self.tmp / f"rng_rank{rank}.pt")
 
-    def finish(self, *, model, optimizer_state: dict[str, Any] | None, state: TrainState, keep_last: int) -> Path:
-        save_trainable(model, self.tmp)
+    def finish(self, *, model, optimizer_state: dict[str, Any] | None, state: TrainState, keep_last: int,
+               weights: dict[str, Any] | None = None) -> Path:
+        save_trainable(model, self.tmp, state=weights)
         if optimizer_state is not None:
             torch.save(optimizer_state, self.tmp / OPTIMIZER_NAME)
         (self.tmp / STATE_NAME).write_text(state.to_json())

@@ -35,13 +35,16 @@ from omniplug.train.accel import make_accelerator
 
 @torch.no_grad()
 def validation_loss(model, dataset, *, accelerator, batch_size: int, max_length: int,
-                    max_samples: int | None = None) -> dict[str, float]:
+                    max_samples: int | None = None, lockstep: bool = False) -> dict[str, float]:
     """``{"loss": mean, "lm_loss": mean, "seg/bce": mean, "seg/ciou": ..., "samples": n}`` over ``dataset``.
 
     Loss means are per sample over the samples that produced the term (a decoder term only exists
     for batches containing that decoder's trigger); decoders' own figures (``Decoder.validation_counts``,
     e.g. thresholded mask IoU) are summed numerators over summed denominators. The global random
-    generators are left as they were (a validation in the middle of training keeps resume exact)."""
+    generators are left as they were (a validation in the middle of training keeps resume exact).
+
+    ``lockstep`` (a sharded model: FSDP, ZeRO-3): every forward pass gathers weights from all ranks, so every
+    rank runs as many batches as the busiest one; a rank with fewer repeats its first sample and discards it."""
     n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     mine = list(range(accelerator.process_index, n, accelerator.num_processes))
     sums: dict[str, float] = defaultdict(float)
@@ -65,6 +68,11 @@ def validation_loss(model, dataset, *, accelerator, batch_size: int, max_length:
                         for key, (num, den) in figures.items():
                             sums[f"{task}/{key}"] += num
                             counts[f"{task}/{key}"] += den
+            if lockstep:
+                busiest = math.ceil(math.ceil(n / accelerator.num_processes) / batch_size)
+                filler = Collator(model, max_length=max_length)([dataset[0]]) if n else None
+                for _ in range(busiest - math.ceil(len(mine) / batch_size)):
+                    model(filler.to(accelerator.device))  # output discarded
     finally:
         model.train(was_training)
     parts = gather_object([(dict(sums), dict(counts))]) if accelerator.num_processes > 1 else [(sums, counts)]

@@ -9,8 +9,9 @@
     -> final checkpoint, trainable weights in output_dir, loss curve, summary.
 
 Runs unchanged in one process, under ``accelerate launch --multi_gpu`` (DDP; CPU with
-``ACCELERATE_USE_CPU=true``) and with DeepSpeed ZeRO (``trainer.zero_stage``). Only rank 0 writes
-files, except each rank's RNG state into checkpoints and its ``ranks/rank{r}.json`` summary.
+``ACCELERATE_USE_CPU=true``), with DeepSpeed ZeRO 0-3 (``trainer.zero_stage``) and with FSDP2
+(``trainer.fsdp``). Only rank 0 writes files, except each rank's RNG state into checkpoints, the sharded
+optimizer state (``deepspeed/``, ``fsdp/``: every rank its own shard) and its ``ranks/rank{r}.json`` summary.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType, gather_object, set_seed
+from accelerate.utils import DistributedType, gather_object, load_fsdp_optimizer, save_fsdp_optimizer, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -36,7 +37,7 @@ from omniplug.config import Config
 from omniplug.data.collate import Collator
 from omniplug.config.schema import ConfigError
 from omniplug.train import checkpoint as ckpt
-from omniplug.train.accel import make_accelerator
+from omniplug.train.accel import make_accelerator, whole_model_build
 from omniplug.train.evaluate import validation_loss
 from omniplug.train.metrics import MetricsLog
 from omniplug.train.mixing import MixedDataset, MixtureStream, RankBatches
@@ -71,13 +72,17 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
     accelerator = make_accelerator(tc)
     rank, world = accelerator.process_index, accelerator.num_processes
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED  # trainer.zero_stage or an accelerate config
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
     out = Path(tc.output_dir).expanduser()
     resume_from = ckpt.resolve_resume(tc.resume_ckpt_path, out)
 
     # --- model, data, optimizer: identical on every rank (same seed) ----------------------------------
     set_seed(tc.seed)
-    model = build_model(config)
+    with whole_model_build(accelerator):
+        model = build_model(config)
     model.train()
+    if tc.gradient_checkpointing:
+        model.llm.enable_gradient_checkpointing()
     names = list(dict.fromkeys([*config.data.train, *(n for ph in config.data.schedule for n in ph["train"])]))
     datasets = [build_dataset(config, name, splits=tc.train_splits) for name in names]
     draws_per_step = tc.batch_size_train * world * tc.grad_accum_steps
@@ -94,7 +99,7 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
     if resume_from is not None:
         ckpt.load_weights(model, resume_from)
         state = ckpt.load_state(resume_from)
-        if not deepspeed:
+        if not deepspeed and not fsdp:  # those two read their sharded optimizer state after prepare()
             opt_state = ckpt.load_optimizer_state(resume_from)
             if opt_state is None:
                 raise ConfigError(f"checkpoint {resume_from} has no {ckpt.OPTIMIZER_NAME}; it cannot be resumed")
@@ -105,9 +110,18 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
             ds_config["train_micro_batch_size_per_gpu"] = tc.batch_size_train
+    stage = _zero_stage(accelerator) if deepspeed else None
+    zero3 = stage == 3
+    if (deepspeed and not zero3) or fsdp:  # they reduce gradients in buckets / per unit: no unused-parameter
+        model.touch_all_trainable = True  # detection as in DDP (ZeRO-3 has its own: ignore_unused_parameters)
+    if fsdp:
+        _shard_llm_blocks(accelerator, model)
     model, optimizer = accelerator.prepare(model, optimizer)
     if deepspeed and resume_from is not None:
         model.load_checkpoint(str(resume_from / "deepspeed"), load_module_strict=False, load_lr_scheduler_states=False)
+    if fsdp and resume_from is not None:
+        load_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, str(resume_from / "fsdp"))
+    sharded = fsdp or zero3  # every forward gathers weights from all ranks
     raw_model = accelerator.unwrap_model(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
@@ -157,6 +171,8 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
                 sync = accelerator.accumulate(model)
             else:
                 sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+            if stage in (2, 3) and world > 1:
+                _check_same_modules(accelerator, batch, state.step + 1, stage=stage)
             with sync:
                 output = model(batch.to(accelerator.device))
                 loss = output.loss if output.loss.requires_grad else output.loss + sum(p.sum() * 0.0 for p in trainable)
@@ -199,11 +215,11 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
                     f"check the data of these steps, or raise max_nonfinite_in_row")
 
         if eval_sets and (state.step % tc.iters_per_epoch == 0 or (tc.eval_every and state.step % tc.eval_every == 0)):
-            _evaluate_epoch(accelerator, raw_model, eval_sets, tc, config.data.max_length, log, out, state.step)
+            _evaluate_epoch(accelerator, raw_model, eval_sets, tc, config.data.max_length, log, out, state.step,
+                            lockstep=sharded)
         save_pending |= state.step % save_every == 0 or state.step == total_steps
         if save_pending and state.nonfinite_in_row == 0:  # never checkpoint in the middle of a non-finite run
-            last_saved = save_checkpoint(accelerator, model, optimizer, state, out, keep_last=tc.keep_last_checkpoints,
-                                         deepspeed=deepspeed)
+            last_saved = save_checkpoint(accelerator, model, optimizer, state, out, keep_last=tc.keep_last_checkpoints)
             save_pending = False
         if stop_after_steps is not None and state.step >= stop_after_steps:
             break
@@ -212,9 +228,11 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
 
     # --- outputs ----------------------------------------------------------------------------------------
     finished = state.step >= total_steps
+    weights = full_trainable_state(accelerator, model)  # collective when sharded: every rank calls it
     if finished and accelerator.is_main_process:
-        save_trainable(raw_model, out)  # output_dir works as one_model.weights / for omniplug infer
-    _write_rank_summary(out, raw_model, rank=rank, world=world, state=state, data_hash=data_hash.hexdigest())
+        save_trainable(raw_model, out, state=weights)  # output_dir works as one_model.weights / for omniplug infer
+    _write_rank_summary(out, None if zero3 and rank else weights,  # ZeRO-3: other ranks hold partitions only
+                        rank=rank, world=world, state=state, data_hash=data_hash.hexdigest())
     losses = log.losses()
     result = TrainResult(output_dir=out, steps=state.step, steps_this_run=state.step - start_step,
                          skipped=state.skipped, first_loss=losses[0][1] if losses else None,
@@ -254,23 +272,86 @@ def make_optimizer(model, *, weight_decay: float, lr: float) -> torch.optim.Adam
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
-def save_checkpoint(accelerator, model, optimizer, state: ckpt.TrainState, out: Path, *, keep_last: int,
-                    deepspeed: bool) -> Path:
-    """Every rank writes its RNG state into the temp dir; rank 0 writes the rest and renames."""
+def save_checkpoint(accelerator, model, optimizer, state: ckpt.TrainState, out: Path, *, keep_last: int) -> Path:
+    """Every rank writes its RNG state (and, sharded, its optimizer shard) into the temp dir; rank 0 writes the
+    rest and renames."""
     writer = ckpt.CheckpointWriter(out, state.step)
     if accelerator.is_main_process:
         writer.begin()
     accelerator.wait_for_everyone()
     writer.write_rank(accelerator.process_index)
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
     if deepspeed:  # sharded optimizer state: DeepSpeed writes its own files from every rank
         model.save_checkpoint(str(writer.tmp / "deepspeed"), exclude_frozen_parameters=True)
+    if fsdp:  # torch.distributed.checkpoint: one file per rank under fsdp/optimizer_0/
+        save_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, str(writer.tmp / "fsdp"))
+    weights = full_trainable_state(accelerator, model)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        opt_state = None if deepspeed else optimizer.state_dict()
+        opt_state = None if deepspeed or fsdp else optimizer.state_dict()
         writer.finish(model=accelerator.unwrap_model(model), optimizer_state=opt_state, state=state,
-                      keep_last=keep_last)
+                      keep_last=keep_last, weights=weights)
     accelerator.wait_for_everyone()
     return writer.final
+
+
+def full_trainable_state(accelerator, model) -> dict[str, torch.Tensor]:
+    """``trainable_state_dict`` with whole tensors (on every rank; under ZeRO-3 on rank 0, the one that writes).
+    Sharded models gather them: FSDP's DTensors, ZeRO-3's partitions. A collective then: every rank calls it, in
+    the same place."""
+    raw = accelerator.unwrap_model(model)
+    state = trainable_state_dict(raw)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and _zero_stage(accelerator) == 3:
+        # DeepSpeed's own gather (accelerate's get_state_dict), whole tensors on rank 0; the decoders' buffers
+        # are not partitioned. Other ranks keep their (empty) partitions: only rank 0 writes weights.
+        full = model._zero3_consolidated_16bit_state_dict()
+        if not accelerator.is_main_process:
+            return state
+        missing = [k for k in state if k not in full]
+        if missing:
+            raise RuntimeError(f"DeepSpeed's gathered state dict lacks {missing[:3]}: cannot save the trained weights")
+        return {k: full[k] for k in state}
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.tensor import DTensor
+
+        state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
+    return state
+
+
+def _check_same_modules(accelerator, batch, step: int, *, stage: int) -> None:
+    """ZeRO-2 and -3 need every rank to run the same modules in every micro-batch, and fail loudly otherwise
+    (one small all-gather per micro-batch):
+
+    * ZeRO-3 gathers a module's weights from all ranks when the module runs: a decoder or encoder that runs on
+      one rank only stalls the others;
+    * ZeRO-2 reduces gradients in flat buckets filled in the order backward produces them; a module that runs
+      on one rank only changes that order there, and the ranks then add up gradients of *different* weights:
+      training goes on, silently wrong (measured: 1e-2 off the single-process weights after 8 steps).
+    DDP, ZeRO-0/1 and FSDP reduce per parameter or per unit and handle ranks on different tasks."""
+    mine = (tuple(sorted(task for task, targets in batch.targets.items() if len(targets))),
+            batch.pixel_values is not None, batch.label_maps is not None)
+    every = gather_object([mine])
+    if any(other != mine for other in every):
+        runs = "; ".join(f"rank {r}: decoders {list(t)}, images {i}, label maps {m}" for r, (t, i, m) in enumerate(every))
+        why = ("gathers a module's weights from all ranks when it runs" if stage == 3 else
+               "reduces gradients in buckets filled in backward's order, which a module running on one rank changes")
+        raise ConfigError(f"step {step}: trainer.zero_stage={stage} needs every rank to run the same modules in every "
+                          f"micro-batch, but {runs}. ZeRO-{stage} {why}. Use trainer.zero_stage=1 or trainer.fsdp=true "
+                          f"(both handle ranks on different tasks), or a data mix in which every sample has images "
+                          f"and the same task tokens")
+
+
+def _zero_stage(accelerator) -> int:
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"].get("stage", 0))
+
+
+def _shard_llm_blocks(accelerator, model) -> None:
+    """FSDP shards each of the LLM's blocks as its own unit (gathered one at a time in forward and backward);
+    the encoder, projectors and decoders stay in the root unit, gathered once per forward: they run only for
+    some batches, and a unit that one rank gathers and another skips would stall both."""
+    plugin = accelerator.state.fsdp_plugin
+    plugin.transformer_cls_names_to_wrap = model.llm.layer_class_names()
 
 
 def _check_trainer(config: Config) -> None:
@@ -320,10 +401,11 @@ def _mean_over_ranks(accelerator, terms: dict[str, float]) -> dict[str, float]:
     return {key: sum(values) / len(values) for key, values in merged.items()}
 
 
-def _evaluate_epoch(accelerator, model, eval_sets, tc, max_length: int, log: MetricsLog, out: Path, step: int) -> None:
+def _evaluate_epoch(accelerator, model, eval_sets, tc, max_length: int, log: MetricsLog, out: Path, step: int, *,
+                    lockstep: bool) -> None:
     for name, dataset in eval_sets.items():
         result = validation_loss(model, dataset, accelerator=accelerator, batch_size=tc.batch_size_eval,
-                                 max_length=max_length, max_samples=tc.eval_max_samples)
+                                 max_length=max_length, max_samples=tc.eval_max_samples, lockstep=lockstep)
         if accelerator.is_main_process:
             accelerator.print(f"step {step}: {name} validation " + ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
             log.log_eval(step, {f"{name}/{k}": v for k, v in result.items()})
@@ -331,20 +413,21 @@ def _evaluate_epoch(accelerator, model, eval_sets, tc, max_length: int, log: Met
                 fh.write(json.dumps({"step": step, "dataset": name, **result}) + "\n")
 
 
-def weights_digest(model) -> str:
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(trainable_state_dict(model).items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
-def _write_rank_summary(out: Path, model, *, rank: int, world: int, state: ckpt.TrainState, data_hash: str) -> None:
+def _write_rank_summary(out: Path, weights: dict[str, torch.Tensor] | None, *, rank: int, world: int, state: ckpt.TrainState,
+                        data_hash: str) -> None:
     """``output_dir/ranks/rank{r}.json``: proof of which ranks ran, on which data, ending with which weights."""
     folder = out / "ranks"
     folder.mkdir(parents=True, exist_ok=True)
     info = {"rank": rank, "world_size": world, "steps": state.step, "pid": os.getpid(),
-            "weights_sha256": weights_digest(model), "data_sha256": data_hash}
+            "weights_sha256": weights_digest(weights) if weights is not None else None, "data_sha256": data_hash}
     (folder / f"rank{rank}.json").write_text(json.dumps(info, indent=2) + "\n")
 
 

@@ -28,11 +28,12 @@ def trainable_state_dict(model) -> dict[str, Tensor]:
     return state
 
 
-def save_trainable(model, directory: str | Path) -> Path:
-    """Write ``trainable.safetensors`` and the resolved ``config.yaml`` into ``directory``."""
+def save_trainable(model, directory: str | Path, *, state: dict[str, Tensor] | None = None) -> Path:
+    """Write ``trainable.safetensors`` and the resolved ``config.yaml`` into ``directory``. ``state``: the
+    trainable tensors when they were gathered already (a sharded model); default ``trainable_state_dict(model)``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.clone() for k, v in trainable_state_dict(model).items()}
+    state = {k: v.detach().cpu().clone() for k, v in (trainable_state_dict(model) if state is None else state).items()}
     tmp = directory / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "omniplug": "trainable"})
     os.replace(tmp, directory / WEIGHTS_NAME)
