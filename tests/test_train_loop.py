@@ -187,3 +187,35 @@ def test_bad_validation_schedules_are_refused(tiny_dir, tmp_path, overrides, mes
     path = write_config(tiny_dir, tmp_path, out=tmp_path / "out")
     with pytest.raises(ConfigError, match=message):
         train(load_config(path, overrides))
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_dir, tmp_path):
+    """trainer.gradient_checkpointing recomputes the LLM's blocks in backward: same numbers, fewer activations
+    kept (the memory figures are in bench/train/memory.json)."""
+    from omniplug.build import build_model
+    from omniplug.data.collate import Collator
+    from tests.test_train_plugins import PhraseDataset
+
+    path = write_config(tiny_dir, tmp_path, out=tmp_path / "out")
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(load_config(path, overrides=["llm.tiny_llama.lora_dropout=0.0"]))
+        if checkpointing:
+            model.llm.enable_gradient_checkpointing()
+        model.train()
+        assert model.llm.model.is_gradient_checkpointing == checkpointing
+        data = PhraseDataset(size=4, trigger=True)
+        out = model(Collator(model, max_length=64)([data[i] for i in range(4)]))
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        assert any("lora_" in n for n in grads) and all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
+        results.append((out.loss.item(), grads))
+    (loss_off, grads_off), (loss_on, grads_on) = results
+    assert loss_on == pytest.approx(loss_off, abs=1e-6)
+    assert grads_on.keys() == grads_off.keys()
+    for name in grads_off:
+        assert torch.allclose(grads_on[name], grads_off[name], atol=1e-6), name
+
+    result = train(load_config(path, overrides=["trainer.gradient_checkpointing=true", "trainer.max_epoch=1"]))
+    assert result.steps == 4 and result.last_loss is not None and result.model.llm.model.is_gradient_checkpointing

@@ -132,3 +132,44 @@ def test_sharding_keys_are_checked_before_any_process_starts(tiny_dir, tmp_path)
             make_accelerator(load_config(path, overrides=["trainer.fsdp=true"]).trainer)
     with pytest.raises(ConfigError, match="zero_stage"):
         load_config(path, overrides=["trainer.zero_stage=4"])
+
+
+@pytest.mark.timeout(300)
+def test_two_nodes_of_one_process_each_train_as_one_run(configs, single, tmp_path):
+    """The multi-node launch (``torchrun --nnodes 2 --node_rank r``, one launcher per machine), with both
+    "machines" on localhost: each process is local rank 0 of its node, and still only the global rank 0
+    writes. FSDP, the mode whose checkpoints every rank writes into."""
+    omniplug = shutil.which("omniplug", path=os.path.dirname(sys.executable))
+    out, port = tmp_path / "out", _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               omniplug, "train", "-c", str(configs["mixed"]), f"trainer.output_dir={out}",
+                               "llm.tiny_llama.lora_dropout=0.0", "trainer.fsdp=true"],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    logs = [node.communicate(timeout=240)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "train done" in logs[0] and "train done" not in logs[1]  # the summary is rank 0's
+    assert _max_diff(single / "mixed", out) <= TOLERANCE
+    assert len(list((out / "checkpoints" / "step_000008" / "fsdp" / "optimizer_0").glob("__*_0.distcp"))) == 2
+
+
+@pytest.mark.timeout(300)
+def test_the_shipped_multi_node_accelerate_config_launches(configs, single, tmp_path):
+    """configs/accelerate/multi_node.yaml as far as one CPU machine goes: accelerate reads it, the machine
+    count, address and process count are overridden on the command line (as a user does per machine), and
+    the run trains as two FSDP processes."""
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    omniplug = shutil.which("omniplug", path=os.path.dirname(sys.executable))
+    out = tmp_path / "out"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [accelerate, "launch", "--config_file", str(REPO / "configs" / "accelerate" / "multi_node.yaml"),
+           "--num_machines", "1", "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+           "--main_process_port", str(_free_port()), omniplug, "train", "-c", str(configs["mixed"]),
+           f"trainer.output_dir={out}", "llm.tiny_llama.lora_dropout=0.0", "trainer.fsdp=true"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert _max_diff(single / "mixed", out) <= TOLERANCE
