@@ -94,7 +94,7 @@ def test_two_sharded_processes_reach_the_single_process_weights(mode, data, conf
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("mode,data", [("zero3", "every"), ("fsdp", "mixed")])
+@pytest.mark.parametrize("mode,data", [("zero2", "every"), ("zero3", "every"), ("fsdp", "mixed")])
 def test_a_sharded_run_stopped_and_resumed_ends_on_the_same_weights(mode, data, configs, single, tmp_path):
     whole, pieces = tmp_path / "whole", tmp_path / "pieces"
     _train(configs[data], whole, mode=mode, extra=("trainer.save_every=3",))

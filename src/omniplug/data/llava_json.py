@@ -36,6 +36,8 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
 
 @DATASETS.register("llava_json")
 class LlavaJsonDataset(Dataset):
+    kind = "llava_json"
+
     def __init__(self, *, data_path: str, image_dir: str | None = None, max_samples: int | None = None,
                  shuffle_turns: bool = False, seed: int = 0, name: str = "llava_json") -> None:
         path = Path(data_path).expanduser()
@@ -59,7 +61,7 @@ class LlavaJsonDataset(Dataset):
         return len(self.records)
 
     def _check(self, rec: Any, i: int) -> None:
-        where = f"dataset llava_json: {self.path} record {i}"
+        where = f"dataset {self.kind}: {self.path} record {i}"
         if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list) or not rec["conversations"]:
             raise ValueError(f"{where}: expected {{'id', 'image' (optional), 'conversations': [{{from, value}}, ...]}}")
         for turn in rec["conversations"]:
@@ -70,9 +72,14 @@ class LlavaJsonDataset(Dataset):
 
     def __getitem__(self, idx: int) -> Sample:
         rec = self.records[idx]
-        self._check(rec, idx)
-        files = rec.get("image") or []
+        files = rec.get("image") or [] if isinstance(rec, dict) else []
         files = [files] if isinstance(files, str) else list(files)
+        return self._to_sample(rec, idx, files, lambda: [open_image(self.image_dir / f) for f in files])
+
+    def _to_sample(self, rec: Any, idx: int, files: list, load_images) -> Sample:
+        """One record -> a Sample; ``files`` names its images (their count places them), ``load_images()``
+        decodes them once the record has passed its checks."""
+        self._check(rec, idx)
         turns: list[Turn] = []
         placed = 0
         for raw in rec["conversations"]:
@@ -86,15 +93,15 @@ class LlavaJsonDataset(Dataset):
         if files and placed == 0:
             first = next((i for i, t in enumerate(turns) if t.role == "user"), None)
             if first is None:
-                raise ValueError(f"dataset llava_json: {self.path} record {idx} has an image but no human turn")
+                raise ValueError(f"dataset {self.kind}: {self.path} record {idx} has an image but no human turn")
             turns[first] = Turn(role="user", text=turns[first].text, images=len(files))
             placed = len(files)
         if placed != len(files):
-            raise ValueError(f"dataset llava_json: {self.path} record {idx} (id {rec.get('id')!r}) places {placed} "
+            raise ValueError(f"dataset {self.kind}: {self.path} record {idx} (id {rec.get('id')!r}) places {placed} "
                              f"{IMAGE_PLACEHOLDER} but lists {len(files)} image file(s)")
         if self.shuffle_turns:
             turns = self._shuffled(turns, idx)
-        images = [open_image(self.image_dir / f) for f in files]
+        images = load_images()
         return Sample(turns=turns, images=images, meta={"dataset": self.name, "id": rec.get("id", idx)})
 
     def _shuffled(self, turns: list[Turn], idx: int) -> list[Turn]:
