@@ -6,6 +6,8 @@ A checkpoint directory holds
   by ``one_model.weights`` and ``omniplug infer``),
 * ``optimizer.pt`` (the optimizer's state dict: tensors and plain values only),
 * ``rng_rank{r}.pt`` for every rank (python, numpy, torch and CUDA generator states),
+* ``deepspeed/`` or ``fsdp/optimizer_0/`` instead of ``optimizer.pt`` under ZeRO / FSDP: the optimizer state
+  sharded, one file per rank, in the engine's own format (written and read by the training loop),
 * ``trainer_state.json`` (step, epoch, data position, skip counters, schedule),
 * ``COMPLETE``, written last.
 
