@@ -12,6 +12,7 @@ from PIL import Image
 
 from omniplug.infer.pipeline import Options, Pipeline, Request, RequestError
 from omniplug.types import GenerateOutput, Mask, Response
+from tests.forced import force_answers
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +39,22 @@ def _images(tiny_dir, n: int) -> list[str]:
 
 def _force_answers(monkeypatch, pipe: Pipeline, answers: dict[int, str]) -> None:
     """The LLM 'generates' ``answers[prompt length]`` for each row (the rest of the path is real)."""
-    tok = pipe.model.tokenizer
-
-    def fake_generate(self, inputs_embeds, attention_mask, *, max_new_tokens, **options):
-        rows = [tok.encode(answers[int(n)], special=True) + [tok.eos_id] for n in attention_mask.sum(1).tolist()]
-        rows = [r[:max_new_tokens] for r in rows]
-        width = max(len(r) for r in rows)
-        seq = torch.tensor([r + [tok.pad_id] * (width - len(r)) for r in rows], device=inputs_embeds.device)
-        return GenerateOutput(sequences=seq, lengths=torch.tensor([len(r) for r in rows], device=seq.device))
-
-    monkeypatch.setattr(type(pipe.model.llm), "generate", fake_generate)
+    force_answers(monkeypatch, pipe.model, answers)
 
 
 def _prompt_length(pipe: Pipeline, request: Request) -> int:
     return int(pipe.collator([pipe._sample(0, request)]).attention_mask.sum())
+
+
+def _spread(pipe: Pipeline, requests: list[Request], gap: int = 16) -> list[Request]:
+    """Lengthen prompts (" ok" words) until their token counts are ``gap`` apart: forced answers
+    recognise a row by its prompt length (tests/forced.py)."""
+    taken: list[int] = []
+    for request in requests:
+        while any(abs(_prompt_length(pipe, request) - n) < gap for n in taken):
+            request.prompt += " ok"
+        taken.append(_prompt_length(pipe, request))
+    return requests
 
 
 def _same(a: Response, b: Response) -> None:
@@ -98,11 +101,11 @@ def test_batch_of_mixed_requests_equals_single_calls_greedy(seg_pipe, tiny_dir):
 
 def test_masks_land_on_the_right_requests_of_a_chunk(seg_pipe, tiny_dir, monkeypatch):
     a, b, c = _images(tiny_dir, 3)
-    requests = [Request("Segment it.", [a]), Request("What is there, and what else?", [b]),
-                Request("Segment the two of them please.", [c], options=Options(max_task_tokens=1)),
-                Request("Segment the circle and the square and the rest.", [b], options=Options(max_task_tokens=3))]
+    requests = _spread(seg_pipe, [
+        Request("Segment it.", [a]), Request("What is there, and what else?", [b]),
+        Request("Segment the two of them please.", [c], options=Options(max_task_tokens=1)),
+        Request("Segment the circle and the square and the rest.", [b], options=Options(max_task_tokens=3))])
     lengths = [_prompt_length(seg_pipe, r) for r in requests]
-    assert len(set(lengths)) == len(lengths)
     answers = dict(zip(lengths, ["the circle: <seg>.", "a circle and a square.", "<seg> and <seg>.",
                                  "<seg>, <seg>, <seg>, <seg>."]))
     _force_answers(monkeypatch, seg_pipe, answers)
@@ -124,7 +127,7 @@ def test_images_are_encoded_once_per_request(edit_pipe, tiny_dir, monkeypatch):
              model.decoders["seg"].model.vision_encoder.register_forward_hook(
                  lambda m, args, out: seen["sam"].append(args[0].shape[0]))]
     a, b = _images(tiny_dir, 2)
-    requests = [Request("Make the circle blue.", [a]), Request("Make the square red, please.", [b])]
+    requests = _spread(edit_pipe, [Request("Make the circle blue.", [a]), Request("Make the square red, please.", [b])])
     gen = "".join(f"<gen_{i}>" for i in range(4))
     answers = {_prompt_length(edit_pipe, r): f"<seg> and <seg> {gen}." for r in requests}
     _force_answers(monkeypatch, edit_pipe, answers)
@@ -192,28 +195,35 @@ def test_limits_and_bad_requests_name_the_index(seg_pipe, tiny_dir, monkeypatch)
     assert seg_pipe.batch([]) == []
 
 
-def test_requests_group_by_shared_options_and_keep_their_order(seg_pipe, tiny_dir, monkeypatch):
+def test_requests_join_in_arrival_order_and_keep_their_order(seg_pipe, tiny_dir, monkeypatch):
+    """One running batch for every request: requests join in arrival order as slots free up,
+    consecutive requests with the same shared options (answer prefix, sampling) as one group; a
+    request with other options waits for nothing but a slot."""
+    from omniplug.infer.engine import ContinuousBatcher
+
     (a,) = _images(tiny_dir, 1)
-    real = seg_pipe.model.generate
-    chunks = []
+    real = ContinuousBatcher.admit
+    admitted = []
 
-    def counting(batch, **options):
-        chunks.append((batch.input_ids.shape[0], options["answer_prefix"], options["max_new_tokens"]))
-        return real(batch, **options)
+    def spy(self, batch, **options):
+        admitted.append((batch.input_ids.shape[0], options["answer_prefix"], options["max_new_tokens"]))
+        return real(self, batch, **options)
 
-    monkeypatch.setattr(seg_pipe.model, "generate", counting)
-    requests = [Request("one", [a], options=Options(max_new_tokens=5)),
-                Request("two", [a], options=Options(max_new_tokens=6, answer_prefix="<seg>")),
-                Request("three", [a], options=Options(max_new_tokens=2)),
-                Request("four", [a], options=Options(max_new_tokens=4)),
-                Request("five", [a], options=Options(max_new_tokens=3, answer_prefix="<seg>"))]
+    monkeypatch.setattr(ContinuousBatcher, "admit", spy)
+    requests = _spread(seg_pipe, [Request("one", [a], options=Options(max_new_tokens=5)),
+                                  Request("two", [a], options=Options(max_new_tokens=6, answer_prefix="<seg>")),
+                                  Request("three", [a], options=Options(max_new_tokens=2)),
+                                  Request("four", [a], options=Options(max_new_tokens=4)),
+                                  Request("five", [a], options=Options(max_new_tokens=3, answer_prefix="<seg>"))])
+    # nobody stops before its limit
+    force_answers(monkeypatch, seg_pipe.model, {_prompt_length(seg_pipe, r): "a a a a a a a a" for r in requests})
     done = []
     out = seg_pipe.batch(requests, batch_size=2, progress=done.append)
-    # groups in order of first appearance; within a group, chunks of similar answer budgets
-    assert chunks == [(2, None, [2, 4]), (1, None, [5]), (2, "<seg>", [3, 6])]
-    assert done == [2, 1, 2]
+    # batch_size 2: "one" and "two" (other prefix) start; "three" takes the slot "one" frees after 5 tokens,
+    # "four" the slot "three" frees after 2 more; "five" the slot "two" frees after 6 (+1 to feed the mask's state)
+    assert admitted == [(1, "", [5]), (1, "<seg>", [6]), (1, "", [2]), (1, "", [4]), (1, "<seg>", [3])]
+    assert done == [1, 1, 1, 1, 1]
     assert [len(r.masks) for r in out] == [0, 1, 0, 0, 1]
-    monkeypatch.setattr(seg_pipe.model, "generate", real)
     for request, response in zip(requests, out):  # responses in request order
         _same(response, seg_pipe.batch([request])[0])
 
@@ -225,17 +235,17 @@ def test_infer_batch_cli_writes_every_output(tiny_dir, tmp_path, monkeypatch, ca
     a, b = _images(tiny_dir, 2)
     (tmp_path / "imgs").mkdir()
     Image.open(a).save(tmp_path / "imgs" / "a.png")
-    lines = [json.dumps({"id": "first", "image": "imgs/a.png", "prompt": "Segment the red circle."}),
-             "",
-             json.dumps({"image": b, "prompt": "Segment both, please.", "options": {"max_new_tokens": 20}}),
-             json.dumps({"prompt": "Say something."})]
-    batch = tmp_path / "requests.jsonl"
-    batch.write_text("\n".join(lines) + "\n")
     from omniplug.build import build_model
 
     probe = Pipeline(build_model(tiny_dir / "seg.yaml", ["one_model.conv_type=plain"]))
-    requests = [Request("Segment the red circle.", [a]), Request("Segment both, please.", [b]),
-                Request("Say something.", [])]
+    requests = _spread(probe, [Request("Segment the red circle.", [a]), Request("Segment both, please.", [b]),
+                               Request("Say something.", [])])
+    lines = [json.dumps({"id": "first", "image": "imgs/a.png", "prompt": requests[0].prompt}),
+             "",
+             json.dumps({"image": b, "prompt": requests[1].prompt, "options": {"max_new_tokens": 20}}),
+             json.dumps({"prompt": requests[2].prompt})]
+    batch = tmp_path / "requests.jsonl"
+    batch.write_text("\n".join(lines) + "\n")
     answers = dict(zip([_prompt_length(probe, r) for r in requests],
                        ["the red circle: <seg>.", "the circle: <seg>, the square: <seg>.", "Hello."]))
     _force_answers(monkeypatch, probe, answers)

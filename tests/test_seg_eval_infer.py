@@ -11,6 +11,7 @@ from PIL import Image
 
 from omniplug.eval.segmentation import SegCounts, mask_iou, summarise
 from omniplug.types import Mask
+from tests.forced import force_answers
 
 
 # --- metrics by hand --------------------------------------------------------------------------------
@@ -81,16 +82,7 @@ def test_evaluate_segmentation_both_modes(seg_model, tiny_dir):
 
 def _force_answer(monkeypatch, model, answer: str):
     """Make the LLM 'generate' ``answer`` (the rest of the path, decoders included, is real)."""
-    from omniplug.types import GenerateOutput
-
-    ids = model.tokenizer.encode(answer, special=True) + [model.tokenizer.eos_id]
-
-    def fake_generate(self, inputs_embeds, attention_mask, **options):
-        bsz = inputs_embeds.shape[0]
-        seq = torch.tensor([ids] * bsz, device=inputs_embeds.device)
-        return GenerateOutput(sequences=seq, lengths=torch.full((bsz,), len(ids), device=inputs_embeds.device))
-
-    monkeypatch.setattr(type(model.llm), "generate", fake_generate)
+    force_answers(monkeypatch, model, answer)
 
 
 def test_pipeline_response_markers_labels_and_timings(seg_model, tiny_dir, monkeypatch):

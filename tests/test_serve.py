@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -446,3 +447,39 @@ def test_browser_upload_segment_and_see_the_overlay(server, image_path, tmp_path
                                    timeout=30_000)
         finally:
             browser.close()
+
+
+# --- continuous batching behind the server; several questions about one upload ----------------------------
+def test_concurrent_requests_share_the_running_batch_and_many_prompts_one_upload(model_args, image_path):
+    config, overrides = model_args
+    settings = ServeSettings(max_upload_mb=1.0, max_new_tokens=32, default_new_tokens=16, concurrency=4,
+                             queue_size=4, examples="none")
+    service = Service(config=config, overrides=overrides, settings=settings)
+    png = image_path.read_bytes()
+    with ServerThread(create_app(service, settings)) as srv:
+        service.start()
+        assert service.wait(120).state == "ready", service.readiness.message
+        assert service.worker is not None  # the tiny Llama has a cached step
+        form = {"files": [("image", ("scene.png", png, "image/png"))], "data": {"prompt": PROMPT}}
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: _infer(srv.url, **form), range(6)))
+        assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+        assert {a.json()["text"] for a in answers} == {"It is [mask 1]."}
+        assert service.worker.batcher.peak_rows > 1  # they decoded together
+        masks = [_b64_mask(a.json()["masks"][0]["png"]) for a in answers]
+        assert all(np.array_equal(m, masks[0]) for m in masks)
+
+        many = httpx.post(srv.url + "/v1/infer/many", timeout=60,
+                          files=[("image", ("scene.png", png, "image/png"))],
+                          data={"prompt": [PROMPT, "Segment it, please.", "Where is the circle?"]})
+        assert many.status_code == 200, many.text
+        got = many.json()["answers"]
+        assert [g["text"] for g in got] == ["It is [mask 1]."] * 3
+        assert all(np.array_equal(_b64_mask(g["masks"][0]["png"]), masks[0]) for g in got)
+        too_many = httpx.post(srv.url + "/v1/infer/many", timeout=60, files=[("image", ("s.png", png, "image/png"))],
+                              data={"prompt": ["a"] * 5})
+        assert too_many.status_code == 400 and too_many.json()["error"]["code"] == "too_many_prompts"
+        none = httpx.post(srv.url + "/v1/infer/many", timeout=60, files=[("image", ("s.png", png, "image/png"))],
+                          data={"max_new_tokens": "4"})
+        assert none.status_code == 400 and none.json()["error"]["code"] == "missing_prompt"
+    service.close()

@@ -147,6 +147,21 @@ class LanguageModel(Exportable, nn.Module, ABC):
         raise ConfigError(f"{type(self).__name__} does not support trainer.gradient_checkpointing; "
                                   f"implement LanguageModel.enable_gradient_checkpointing or set it to false")
 
+    def new_cache(self) -> Any | None:
+        """An empty KV cache for :meth:`forward_cached`, or None when this LLM has no such step (then
+        ``OneModel.generate`` decodes through :meth:`generate`, one chunk at a time, without continuous
+        batching). The cache must keep one (batch, heads, positions, dim) key and value tensor per layer
+        in ``cache.layers[i].keys`` / ``.values``, so that rows can join and leave a running batch."""
+        return None
+
+    def forward_cached(self, inputs_embeds: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                       cache: Any) -> tuple[Tensor, Tensor]:
+        """Run new positions (B, T, H) on top of ``cache`` (extended in place): ``attention_mask`` (B,
+        cached + T) marks the real positions (holes allowed), ``position_ids`` (B, T) are each row's own
+        positions. Returns the logits at the last new position (B, vocab) and the last layer's hidden
+        states at every new position (B, T, H), the same states :meth:`forward` returns."""
+        raise NotImplementedError(f"{type(self).__name__} has no cached forward (new_cache() returns None)")
+
     def layer_class_names(self) -> list[str]:
         """Class names of the repeated blocks (e.g. ``LlamaDecoderLayer``): ``trainer.fsdp`` shards each one
         apart, so only one block's full weights exist at a time. Empty: the LLM is sharded as one unit."""

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from omniplug.base import Decoder, Encoder, LanguageModel, Tokenizer
 from omniplug.heads.dense import DenseHead
-from omniplug.types import Batch, DecoderInput, DecoderOutput, ImageFeatures, ModelOutput
+from omniplug.types import Batch, DecoderInput, DecoderOutput, GenerateOutput, ImageFeatures, ModelOutput
 
 
 class ShapeError(ValueError):
@@ -231,18 +231,53 @@ class OneModel(nn.Module):
                            decoder_outputs=decoder_outputs)
 
     # --- inference --------------------------------------------------------------------------------
+    @property
+    def wants_hidden(self) -> bool:
+        """Decoders read hidden states at trigger tokens: generation keeps those it computes."""
+        return bool(self.decoders)
+
+    @property
+    def wants_logits(self) -> bool:
+        """A decoder that reads the logits of the tokens after its trigger (e.g. action bins)."""
+        return any(getattr(d, "answer_length", 0) for d in self.decoders.values())
+
     @torch.no_grad()
     def generate(self, batch: Batch, *, max_new_tokens: int | Sequence[int] = 64, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, max_task_tokens: int | Sequence[int] = 16,
-                 answer_prefix: str | None = None) -> Generation:
+                 answer_prefix: str | None = None, generator: torch.Generator | None = None) -> Generation:
         """Answer a left-padded batch of prompts; run every decoder whose trigger tokens appear in
         the answer (at most ``max_task_tokens`` occurrences per task and sample). ``answer_prefix``
         (template text, special tokens allowed, e.g. ``"<act>"``) starts every answer.
 
-        ``max_new_tokens`` and ``max_task_tokens`` may be one value per row: the LLM generates up to
-        the largest ``max_new_tokens`` and each answer is cut to its own limit before the decoders
-        run, so a row gets the answer it would get alone (greedy decoding is causal). The sampling
-        settings and ``answer_prefix`` are shared by every row."""
+        ``max_new_tokens`` and ``max_task_tokens`` may be one value per row: each row stops at its own
+        limit (or its end-of-answer token) and gets the answer it would get alone (greedy decoding is
+        causal). The sampling settings and ``answer_prefix`` are shared by every row.
+
+        Decoding runs in :class:`omniplug.infer.engine.ContinuousBatcher` (rows leave the batch as they
+        end) when the LLM has a cached step (``LanguageModel.new_cache``), else through the LLM's own
+        ``generate`` up to the largest limit."""
+        prepared = self.prepare_generation(batch, max_new_tokens=max_new_tokens, max_task_tokens=max_task_tokens,
+                                           answer_prefix=answer_prefix)
+        if self.llm.new_cache() is not None:
+            from omniplug.infer.engine import ContinuousBatcher
+
+            batcher = ContinuousBatcher(self, slots=max(1, prepared.batch.input_ids.shape[0]), do_sample=do_sample,
+                                        temperature=temperature, top_p=top_p, generator=generator)
+            batcher.admit_prepared(prepared, tag=None)
+            finished = []
+            while batcher.busy:
+                finished.extend(batcher.step())
+            return finished[0][1]
+        gen = self.llm.generate(prepared.embeds, prepared.batch.attention_mask,
+                                max_new_tokens=max(prepared.token_limits) + int(self.wants_hidden),
+                                do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id,
+                                **({"return_hidden": True} if self.wants_hidden else {}))
+        return self.finish_generation(prepared, gen)
+
+    def prepare_generation(self, batch: Batch, *, max_new_tokens: int | Sequence[int] = 64,
+                           max_task_tokens: int | Sequence[int] = 16, answer_prefix: str | None = None) -> "Prepared":
+        """Checks, the answer prefix appended to every row, and the prompt embeddings (images encoded once)."""
         if batch.input_ids.shape[1] and bool((batch.attention_mask[:, -1] == 0).any()):
             raise ShapeError("generate() needs left-padded prompts (collate with padding_side='left')")
         bsz = batch.input_ids.shape[0]
@@ -255,13 +290,13 @@ class OneModel(nn.Module):
                             attention_mask=torch.cat([batch.attention_mask, batch.attention_mask.new_ones(
                                 batch.attention_mask.shape[0], len(prefix_ids))], 1))
         embeds, features = self.embed_inputs(batch.input_ids, batch.pixel_values)
-        # decoders read hidden states at trigger tokens: ask for those computed while generating, and one step
-        # more than any answer keeps, so that every kept token has been fed back (has its hidden state)
-        hidden_wanted = bool(self.decoders)
-        gen = self.llm.generate(embeds, batch.attention_mask, max_new_tokens=max(token_limits) + int(hidden_wanted),
-                                do_sample=do_sample, temperature=temperature, top_p=top_p,
-                                eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id,
-                                **({"return_hidden": True} if hidden_wanted else {}))
+        return Prepared(batch=batch, embeds=embeds, features=features, prefix_ids=prefix_ids,
+                        token_limits=token_limits, task_caps=task_caps)
+
+    def finish_generation(self, prepared: "Prepared", gen: GenerateOutput) -> Generation:
+        """Generated ids -> texts, and every decoder run on the hidden states at its trigger tokens."""
+        batch, prefix_ids, token_limits, task_caps = prepared.batch, prepared.prefix_ids, prepared.token_limits, prepared.task_caps
+        bsz = batch.input_ids.shape[0]
         new_ids = gen.sequences
         lengths = torch.minimum(gen.lengths, torch.tensor(token_limits, dtype=gen.lengths.dtype, device=gen.lengths.device))
         prompt_len = batch.input_ids.shape[1]
@@ -296,18 +331,19 @@ class OneModel(nn.Module):
         new_mask = (arange.unsqueeze(0) < lengths.unsqueeze(1)).to(batch.attention_mask.dtype)
         full_mask = torch.cat([batch.attention_mask, new_mask], dim=1)
         last = max(int(pos[:, -1].max()) for b_idx, pos in found.values() if len(b_idx))
-        if gen.hidden_states is not None and gen.logits is not None and last < gen.hidden_states.shape[1]:
+        has_logits = gen.logits is not None or not self.wants_logits
+        if gen.hidden_states is not None and has_logits and last < gen.hidden_states.shape[1]:
             hidden = gen.hidden_states
             # gen.logits[:, j] was computed at position prompt_len - 1 + j: the slot _answer_span reads for token j
             logits, logits_offset = gen.logits, prompt_len - 1
         else:  # an LLM that does not return them: one more pass over prompt + answers (teacher forcing)
-            full_out = self.llm(torch.cat([embeds, self.llm.embed(new_ids)], dim=1), full_mask)
+            full_out = self.llm(torch.cat([prepared.embeds, self.llm.embed(new_ids)], dim=1), full_mask)
             hidden, logits, logits_offset = full_out.hidden_states, full_out.logits, 0
         for task, decoder in self.decoders.items():
             b_idx, pos = found[task]
             per_sample: list[list[Any]] = [[] for _ in range(bsz)]
             if len(b_idx):
-                inp = self.decoder_input(task, hidden, b_idx, pos, features=features,
+                inp = self.decoder_input(task, hidden, b_idx, pos, features=prepared.features,
                                          pixels=batch.decoder_pixels.get(task), image_sizes=batch.image_sizes,
                                          batch_size=bsz, input_ids=full_ids, attention_mask=full_mask,
                                          logits=logits, logits_offset=logits_offset)
@@ -317,6 +353,19 @@ class OneModel(nn.Module):
                     per_sample[b].append(item)
             result.decoder_outputs[task] = per_sample
         return result
+
+
+@dataclass
+class Prepared:
+    """A batch ready to decode (``OneModel.prepare_generation``): prompts with the answer prefix, their
+    embeddings, the shared encoder's features and each row's limits."""
+
+    batch: Batch
+    embeds: Tensor
+    features: ImageFeatures | None
+    prefix_ids: list[int]
+    token_limits: list[int]
+    task_caps: list[int]
 
 
 def _answer_span(input_ids: Tensor, attention_mask: Tensor | None, logits: Tensor, batch_index: Tensor,

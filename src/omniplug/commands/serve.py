@@ -25,7 +25,8 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="pixel limit per image")
     p.add_argument("--max-images", type=int, default=d.max_images, help="images per request / conversation")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="largest answer length a request may ask")
-    p.add_argument("--concurrency", type=int, default=d.concurrency, help="requests answered at once")
+    p.add_argument("--concurrency", type=int, default=d.concurrency,
+                   help="requests answered at once: the rows of the running batch (continuous batching)")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help="requests waiting; beyond that 429")
     p.add_argument("--examples", choices=("auto", "world", "none"), default=d.examples,
                    help="example gallery: world images (auto: when the model was trained on the world)")

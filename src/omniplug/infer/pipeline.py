@@ -1,22 +1,27 @@
 """``Pipeline``: images + prompt (+ history) -> one typed ``Response``. The one inference path.
 
 One request or many: :meth:`Pipeline.batch` takes a list of :class:`Request` (or dicts, see
-:meth:`Request.from_dict`) and answers them together, ``batch_size`` at a time, through
-``OneModel.generate`` (left-padded prompts); ``pipe(images, prompt, ...)`` is a batch of one
+:meth:`Request.from_dict`) and answers them together; ``pipe(images, prompt, ...)`` is a batch of one
 through the same code.
 
-Options in a batch (:class:`Options`)
-    ``max_new_tokens`` and ``max_task_tokens`` are per request even inside one chunk: the chunk
-    generates up to its largest ``max_new_tokens`` and every answer is cut to its own limit before
-    the decoders run, so a request gets the answer it would get alone. ``do_sample``,
-    ``temperature``, ``top_p`` and ``answer_prefix`` are shared by every row of one ``generate``
-    call, so requests are grouped by them (in order of first appearance) before chunking.
+Continuous batching (LLMs with a cached step, ``LanguageModel.new_cache``: every transformers causal
+LM with plain attention layers)
+    Up to ``batch_size`` requests decode together in one running batch
+    (:class:`omniplug.infer.engine.ContinuousBatcher`): a request leaves it as soon as its answer ends
+    and the next request, in arrival order, takes its slot. Consecutive requests with the same shared
+    options (``answer_prefix``, sampling) join as one group: their images are encoded together and
+    rows that begin with the same image and text are prefilled once. Every option is per request;
+    greedy answers are those of the request alone. :class:`omniplug.infer.worker.BatchWorker` runs
+    the same loop for requests that arrive one by one (the server).
 
-Chunks
-    A chunk decodes until its longest answer ends, so within a group requests are ordered by
-    ``max_new_tokens``, then number of images, then text length, before being cut into chunks of
-    ``batch_size``: requests that declare similar answer budgets (a caption vs a yes/no question)
-    run together and short answers do not wait for long ones. Responses come back in request order.
+Chunks (LLMs without a cached step)
+    ``OneModel.generate`` runs through the LLM's own ``generate``, ``batch_size`` requests at a time
+    until the longest answer of the chunk ends. ``do_sample``, ``temperature``, ``top_p`` and
+    ``answer_prefix`` are shared by every row of one call, so requests are grouped by them (in order
+    of first appearance), then ordered by ``max_new_tokens``, number of images and text length
+    before being cut into chunks: short answers do not wait for long ones. ``max_new_tokens`` and
+    ``max_task_tokens`` stay per request (each answer is cut to its own limit before the decoders
+    run). Responses come back in request order either way.
 
 Limits
     ``max_new_tokens`` is 1..``max_new_tokens_cap`` (default 512) and ``max_task_tokens`` (how many
@@ -28,11 +33,11 @@ Limits
 
 Timings (``Response.timings``, seconds)
     ``preprocess``: the request's own preparation (opening images, building the conversation) plus
-    its chunk's collation; ``generate``: the whole chunk's ``OneModel.generate`` call (LLM decoding
-    and every decoder), shared by the requests of that chunk; ``postprocess``: building this
-    response; ``total``: the sum of the three.
+    its group's (chunk's) collation; ``generate``: from the group's admission to its end (prefill, the
+    decode steps it shared with the running batch, every decoder), the same for the requests of one
+    group; ``postprocess``: building this response; ``total``: the sum of the three.
 
-Images are encoded once per chunk: the shared encoder runs once on every image of the chunk
+Images are encoded once per group (chunk): the shared encoder runs once on every image of it
 (``OneModel.embed_inputs``), and a decoder with its own image encoder (SAM) runs it once per
 request that triggers it, whatever the number of its trigger tokens in the answer.
 
@@ -240,16 +245,20 @@ class Pipeline:
             response = self.batch([request])[0]
         except RequestError as exc:
             raise RequestError(exc.reason) from None
+        self.check_answerable(request, response)
+        return response
+
+    def check_answerable(self, request: Request, response: Response) -> None:
+        """Raise ValueError when the answer asks for an image-reading decoder but no image was given. In a
+        batch such a request just gets no mask (boxes); asked alone, say why (the server answers 422)."""
         for decoder in self.model.decoders.values() if not request.images else ():
             if not getattr(decoder, "needs_image", False):
                 continue
             name = _MARKER_NAMES.get(decoder.output_kind, decoder.output_kind)
             shown = f"[{name} " if self.markers else decoder.tokens[0]
             if shown in response.text and not getattr(response, decoder.output_kind, None):
-                # in a batch such a request just gets no mask (boxes); asked alone, say why (the server answers 422)
                 raise ValueError(f"it answered {response.text!r}, with a {name}, but no image was given: send the "
                                  f"image the question is about")
-        return response
 
     def batch(self, requests: Sequence[Request | Mapping[str, Any]], *, batch_size: int | None = None,
               progress: Callable[[int], None] | None = None) -> list[Response]:
@@ -260,10 +269,14 @@ class Pipeline:
         if size < 1:
             raise ValueError(f"batch_size must be >= 1, got {size}")
         checked = [self._checked(i, r) for i, r in enumerate(requests)]
+        responses: list[Response | None] = [None] * len(checked)
+        if self.model.llm.new_cache() is not None:  # continuous batching: one running batch for every request
+            for i, response in self._run_continuous(list(enumerate(checked)), size, progress):
+                responses[i] = response
+            return responses  # type: ignore[return-value]
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(checked):
             groups.setdefault(request.options.shared(), []).append(i)
-        responses: list[Response | None] = [None] * len(checked)
         for indices in groups.values():
             indices = sorted(indices, key=lambda i: _size(checked[i]))  # stable: equal sizes keep their order
             for at in range(0, len(indices), size):
@@ -294,9 +307,9 @@ class Pipeline:
         turns = list(request.history) + [Turn(role="user", text=request.prompt, images=len(pil) - placed)]
         return Sample(turns=turns, images=pil, meta={"id": f"request {index}"})
 
-    def _run_chunk(self, chunk: list[tuple[int, Request]]) -> list[Response]:
-        own_pre = []
-        samples = []
+    def _collate(self, chunk: list[tuple[int, Request]]):
+        """Open and collate a chunk: (batch, each request's own preparation seconds, collation seconds)."""
+        own_pre, samples = [], []
         for index, request in chunk:
             t = time.perf_counter()
             samples.append(self._sample(index, request))
@@ -307,15 +320,63 @@ class Pipeline:
         except ValueError as exc:  # the collator names the sample by its meta id: "request <i>"
             index = next((i for i, _ in chunk if f"request {i}:" in str(exc)), None)
             raise RequestError(str(exc).replace(f"sample request {index}: ", ""), index=index) from None
-        t1 = time.perf_counter()
+        return batch, own_pre, time.perf_counter() - t0
+
+    def _run_chunk(self, chunk: list[tuple[int, Request]]) -> list[Response]:
+        """One ``OneModel.generate`` call for the chunk (an LLM without a cached step)."""
+        batch, own_pre, collate = self._collate(chunk)
         options = [request.options for _, request in chunk]
         shared = options[0]
+        t1 = time.perf_counter()
         gen = self.model.generate(batch, max_new_tokens=[o.max_new_tokens for o in options],
                                   max_task_tokens=[o.max_task_tokens for o in options], do_sample=shared.do_sample,
                                   temperature=shared.temperature, top_p=shared.top_p,
                                   answer_prefix=shared.answer_prefix)
-        t2 = time.perf_counter()
-        collate, generate = t1 - t0, t2 - t1
+        return self._responses(gen, own_pre, collate, time.perf_counter() - t1)
+
+    def _run_continuous(self, items: list[tuple[int, Request]], slots: int,
+                        progress: Callable[[int], None] | None = None):
+        """Continuous batching (``omniplug.infer.engine``): requests join the running batch in arrival order
+        as slots free up, consecutive requests with the same shared options as one group (prefilled
+        together, one image asked several things prefilled once); yields ``(index, Response)`` as groups
+        finish."""
+        from collections import deque
+
+        from omniplug.infer.engine import ContinuousBatcher
+
+        batcher = ContinuousBatcher(self.model, slots=slots)
+        queue = deque(items)
+        while queue or batcher.busy:
+            if queue and batcher.free_slots:
+                key = queue[0][1].options.shared()
+                chunk = []
+                while queue and len(chunk) < batcher.free_slots and queue[0][1].options.shared() == key:
+                    chunk.append(queue.popleft())
+                self._admit(batcher, chunk)
+            with torch.no_grad():
+                finished = batcher.step()
+            for (indices, own_pre, collate, started), gen in finished:
+                for i, response in zip(indices, self._responses(gen, own_pre, collate, time.perf_counter() - started)):
+                    yield i, response
+                if progress is not None:
+                    progress(len(indices))
+
+    def _admit(self, batcher, chunk: list[tuple[int, Request]], owner: Any = None) -> None:
+        """Collate ``chunk`` (requests with the same shared options) and admit it as one group; the group's
+        tag is ``(owner or the chunk's indices, each request's preparation seconds, collation seconds,
+        admission time)``."""
+        from omniplug.infer.engine import Sampling
+
+        batch, own_pre, collate = self._collate(chunk)
+        options = [request.options for _, request in chunk]
+        first = options[0]
+        with torch.no_grad():
+            batcher.admit(batch, max_new_tokens=[o.max_new_tokens for o in options],
+                          max_task_tokens=[o.max_task_tokens for o in options], answer_prefix=first.answer_prefix or "",
+                          sampling=Sampling(first.do_sample, float(first.temperature), float(first.top_p)),
+                          tag=([i for i, _ in chunk] if owner is None else owner, own_pre, collate, time.perf_counter()))
+
+    def _responses(self, gen, own_pre: list[float], collate: float, generate: float) -> list[Response]:
         responses = []
         for row, pre in enumerate(own_pre):
             t = time.perf_counter()

@@ -97,6 +97,21 @@ class CausalLMWrapper(LanguageModel):
         hidden = torch.cat([step[-1] for step in out.hidden_states], dim=1)
         return GenerateOutput(sequences=seq, lengths=lengths, hidden_states=hidden, logits=torch.stack(out.logits, dim=1))
 
+    def new_cache(self) -> Any | None:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = DynamicCache(config=self.model.config)
+        # sliding-window and linear-attention layers drop or fold positions: rows could not join a running batch
+        return cache if all(type(layer) is DynamicLayer for layer in cache.layers) else None
+
+    @torch.no_grad()
+    def forward_cached(self, inputs_embeds: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                       cache: Any) -> tuple[Tensor, Tensor]:
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        return out.logits[:, -1], out.hidden_states[-1]
+
     def resize_token_embeddings(self, size: int) -> None:
         """Grow (or shrink) the vocabulary. New rows start at the old rows' mean plus small noise from a
         fixed-seed generator, so building the same config twice gives the same frozen weights (the

@@ -1,8 +1,10 @@
 """``Admission``: a small admission controller shared by the UI and the API.
 
-At most ``concurrency`` requests run at once and at most ``queue_size`` more wait for a turn; a
-request beyond that is refused at once (``RequestError`` 429, ``queue_full``) instead of piling up.
-Waiting happens in the caller's (worker) thread.
+At most ``concurrency`` requests run at once (the rows of the running batch, under continuous
+batching) and at most ``queue_size`` more wait for a turn; a request beyond that is refused at once
+(``RequestError`` 429, ``queue_full``) instead of piling up. A group of several questions about one
+upload takes as many places as it has questions, all at once. Waiting happens in the caller's
+(worker) thread.
 """
 
 from __future__ import annotations
@@ -38,38 +40,40 @@ class Admission:
         self.concurrency = concurrency
         self.queue_size = queue_size
         self.before_run = before_run
-        self._slots = threading.Semaphore(concurrency)
-        self._lock = threading.Lock()
+        self._turn = threading.Condition()
         self._admitted = 0  # running + waiting
         self._running = 0
         self._refused = 0
 
     @property
     def stats(self) -> AdmissionStats:
-        with self._lock:
+        with self._turn:
             return AdmissionStats(running=self._running, waiting=self._admitted - self._running, refused=self._refused)
 
     @contextmanager
-    def slot(self) -> Iterator[float]:
-        """Admit the caller or raise 429; yields the seconds it waited for its turn."""
-        with self._lock:
-            if self._admitted >= self.concurrency + self.queue_size:
+    def slot(self, places: int = 1) -> Iterator[float]:
+        """Admit the caller (``places`` requests at once) or raise 429; yields the seconds it waited."""
+        if not 1 <= places <= self.concurrency:
+            raise RequestError(400, "too_many_prompts", f"{places} requests at once; at most {self.concurrency}")
+        with self._turn:
+            if self._admitted + places > self.concurrency + self.queue_size:
                 self._refused += 1
                 raise RequestError(429, "queue_full",
                                    f"the server is busy ({self.concurrency} running, {self.queue_size} waiting); "
                                    "retry in a few seconds")
-            self._admitted += 1
+            self._admitted += places
         start = time.perf_counter()
-        self._slots.acquire()
+        with self._turn:
+            while self._running + places > self.concurrency:
+                self._turn.wait()
+            self._running += places
         waited = time.perf_counter() - start
-        with self._lock:
-            self._running += 1
         try:
             if self.before_run is not None:
                 self.before_run()
             yield waited
         finally:
-            with self._lock:
-                self._running -= 1
-                self._admitted -= 1
-            self._slots.release()
+            with self._turn:
+                self._running -= places
+                self._admitted -= places
+                self._turn.notify_all()

@@ -6,6 +6,11 @@ BMP; optional for models that answer without one), a ``prompt`` text part and th
 parts ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``. Any other part is refused, as is
 an ``image`` sent as text (a server path is never read). The body is capped (``BodyLimit``) before
 the form is parsed and images are decoded.
+
+``/v1/infer/many`` takes the same form with the ``prompt`` part repeated (1 to the server's
+``--concurrency`` times): several questions about the same upload, answered together (the images
+encoded once, the shared prompt prefix prefilled once) as ``{"answers": [one /v1/infer answer per
+prompt, in order]}``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import RequestError
-from .payload import ErrorResponse, InferResponse, to_payload
+from .payload import ErrorResponse, InferManyResponse, InferResponse, to_payload
 from .service import Service
 from .settings import ServeSettings
 from .uploads import MAX_TEMPERATURE, OPTION_FIELDS, UPLOAD_FORMATS, Upload, decode_images, parse_options
@@ -87,9 +92,10 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-def form_schema(settings: ServeSettings) -> dict[str, Any]:
-    """The OpenAPI schema of the ``/v1/infer`` form (FastAPI cannot infer it: the form is read by hand)."""
-    return {
+def form_schema(settings: ServeSettings, *, many: bool = False) -> dict[str, Any]:
+    """The OpenAPI schema of the ``/v1/infer`` (or ``/v1/infer/many``) form (FastAPI cannot infer it: the
+    form is read by hand)."""
+    schema = {
         "type": "object",
         "required": ["prompt"],
         "properties": {
@@ -104,6 +110,11 @@ def form_schema(settings: ServeSettings) -> dict[str, Any]:
             "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1.0},
         },
     }
+    if many:
+        schema["properties"]["prompt"] = {"type": "array", "minItems": 1, "maxItems": settings.concurrency,
+                                          "items": schema["properties"]["prompt"],
+                                          "description": "one part per question about the same images"}
+    return schema
 
 
 def add_api(app: FastAPI, service: Service, settings: ServeSettings) -> None:
@@ -154,9 +165,28 @@ def add_api(app: FastAPI, service: Service, settings: ServeSettings) -> None:
         payload = await run_in_threadpool(to_payload, response)
         return JSONResponse(json.loads(payload.model_dump_json()))
 
+    @app.post("/v1/infer/many", response_model=InferManyResponse, responses=_ERRORS,
+              summary="answer several prompts about the same images together",
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"multipart/form-data": {"schema": form_schema(settings,
+                                                                                                       many=True)}}}})
+    async def infer_many(request: Request) -> JSONResponse:
+        uploads, fields = await _read_form(request, settings, repeat_prompt=True)
+        prompts = fields.pop("prompt", [])
+        if not prompts:
+            raise RequestError(400, "missing_prompt", "the form has no 'prompt' field; add one prompt=<question> per "
+                                                      "question")
+        options = parse_options(fields, settings)
+        images = await run_in_threadpool(decode_images, uploads, settings)
+        responses = await run_in_threadpool(service.answer_many, images, prompts, options)
+        payloads = await run_in_threadpool(lambda: [to_payload(r) for r in responses])
+        return JSONResponse(json.loads(InferManyResponse(answers=payloads).model_dump_json()))
 
-async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[Upload], dict[str, str]]:
-    """The multipart form -> (image uploads, text fields), refusing anything unexpected."""
+
+async def _read_form(request: Request, settings: ServeSettings, *,
+                     repeat_prompt: bool = False) -> tuple[list[Upload], dict[str, Any]]:
+    """The multipart form -> (image uploads, text fields), refusing anything unexpected. With
+    ``repeat_prompt`` the ``prompt`` field may repeat and comes back as a list."""
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         sent = ctype.split(";")[0] or "no content type"
@@ -170,7 +200,7 @@ async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[Up
         raise RequestError(400, "malformed_form", f"the multipart body cannot be parsed: {exc}") from None
     known = ("image", "prompt", *OPTION_FIELDS)
     uploads: list[Upload] = []
-    fields: dict[str, str] = {}
+    fields: dict[str, Any] = {}
     try:
         for key, value in form.multi_items():
             if key not in known:
@@ -185,6 +215,9 @@ async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[Up
                 continue
             if isinstance(value, UploadFile):
                 raise RequestError(400, "field_not_text", f"{key!r} must be a text field, not a file")
+            if repeat_prompt and key == "prompt":
+                fields.setdefault("prompt", []).append(value)
+                continue
             if key in fields:
                 raise RequestError(400, "duplicate_field", f"{key!r} is given more than once")
             fields[key] = value

@@ -47,6 +47,10 @@ class InferResponse(BaseModel):
                                       description="seconds per stage: queue, preprocess, generate, postprocess, total")
 
 
+class InferManyResponse(BaseModel):
+    answers: list[InferResponse] = Field(description="one answer per prompt, in the order the prompts were sent")
+
+
 class ErrorBody(BaseModel):
     code: str = Field(description="stable machine-readable reason, e.g. invalid_image, queue_full")
     message: str = Field(description="what went wrong and what to do")

@@ -2,8 +2,10 @@
 
 The Pipeline is built in a background thread (so ``/health`` answers at once) and then answers a
 warm-up question; only after that does the service report ready. :meth:`Service.answer` takes
-decoded images, a prompt and options, waits its turn in the admission controller and calls
-``Pipeline.__call__``.
+decoded images, a prompt and options and waits its turn in the admission controller; then the
+request joins the running batch of a ``BatchWorker`` (continuous batching: up to ``concurrency``
+requests decode together, each leaving as its answer ends). An LLM without a cached step answers
+one ``Pipeline.batch`` call at a time instead.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class Service:
         self.device = device
         self.admission = admission or Admission(concurrency=settings.concurrency, queue_size=settings.queue_size)
         self.pipeline = None
+        self.worker = None  # continuous batching (omniplug.infer.worker), for LLMs with a cached step
+        self._one_at_a_time = threading.Lock()  # otherwise: one Pipeline call at a time
         self._state: State = "loading"
         self._message = "loading the model"
         self._load_seconds: float | None = None
@@ -81,6 +85,10 @@ class Service:
             self._message = f"the model failed to load: {exc.__class__.__name__}: {exc}"
             self._state = "failed"
             return
+        if pipeline.model.llm.new_cache() is not None:
+            from omniplug.infer.worker import BatchWorker
+
+            self.worker = BatchWorker(pipeline, slots=self.settings.concurrency)
         self.pipeline = pipeline
         self._load_seconds = time.perf_counter() - start
         self._message = f"ready ({self._load_seconds:.1f} s to load and warm up)"
@@ -104,22 +112,49 @@ class Service:
         when the queue is full, 422 when the model cannot answer this request (e.g. it answers with a
         mask but no image was given).
         """
+        return self.answer_many(images, [prompt], options, history=history)[0]
+
+    def answer_many(self, images: Sequence[Image.Image], prompts: Sequence[str], options: InferOptions, *,
+                    history: Sequence[Turn] = ()) -> list[Response]:
+        """Several questions about the same images, answered together: with continuous batching they join
+        the running batch as one group, so the images are encoded once and the shared prompt prefix (image
+        tokens included) is prefilled once. Errors as :meth:`answer`; a group holds at most
+        ``settings.concurrency`` prompts and takes as many admission places."""
         if self._state != "ready":
             raise RequestError(503, "not_ready" if self._state == "loading" else "model_failed", self._message)
-        check_prompt(prompt, self.settings)
+        if not 1 <= len(prompts) <= self.settings.concurrency:
+            raise RequestError(400, "too_many_prompts", f"{len(prompts)} prompts; one request asks 1 to "
+                                                        f"{self.settings.concurrency} (the server's --concurrency)")
+        for prompt in prompts:
+            check_prompt(prompt, self.settings)
         options.check(self.settings)
         if len(images) > self.settings.max_images:
             raise RequestError(400, "too_many_images", f"{len(images)} images; at most {self.settings.max_images}")
+        from omniplug.infer.pipeline import Options, Request
         from omniplug.infer.pipeline import RequestError as PipelineRequestError
 
-        with self.admission.slot() as waited:
+        requests = [Request(prompt=prompt, images=list(images), history=list(history),
+                            options=Options(max_new_tokens=options.max_new_tokens, do_sample=options.do_sample,
+                                            temperature=options.temperature, top_p=options.top_p))
+                    for prompt in prompts]
+        with self.admission.slot(len(requests)) as waited:
             try:
-                response = self.pipeline(list(images), prompt, history=list(history),
-                                         max_new_tokens=options.max_new_tokens, do_sample=options.do_sample,
-                                         temperature=options.temperature, top_p=options.top_p)
+                if self.worker is not None:
+                    responses = [f.result() for f in self.worker.submit_group(requests)]
+                else:
+                    with self._one_at_a_time:
+                        responses = self.pipeline.batch(requests)
+                for request, response in zip(requests, responses):
+                    self.pipeline.check_answerable(request, response)
             except PipelineRequestError as exc:
-                raise RequestError(400, "invalid_request", str(exc)) from None
+                raise RequestError(400, "invalid_request", exc.reason) from None
             except ValueError as exc:
                 raise RequestError(422, "cannot_answer", f"the model cannot answer this request: {exc}") from None
-        response.timings = {"queue": waited, **response.timings}
-        return response
+        for response in responses:
+            response.timings = {**response.timings, "queue": waited + response.timings.get("queue", 0.0)}
+        return responses
+
+    def close(self) -> None:
+        """Stop the batch worker (pending requests fail)."""
+        if self.worker is not None:
+            self.worker.close()

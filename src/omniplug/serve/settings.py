@@ -23,7 +23,7 @@ class ServeSettings:
     max_prompt_chars: int = 2000
     max_new_tokens: int = 256  # the largest max_new_tokens a request may ask for
     default_new_tokens: int = 64
-    concurrency: int = 1  # requests answered at once
+    concurrency: int = 8  # requests answered at once (rows of the running batch under continuous batching)
     queue_size: int = 8  # requests waiting beyond those; more are refused with 429
     examples: Literal["auto", "world", "none"] = "auto"  # auto: the world's examples for a model trained on it
     title: str = "omniplug"
