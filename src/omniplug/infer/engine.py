@@ -18,8 +18,9 @@ The running batch
 
 One image, many questions
     Rows of a group whose prompts begin with the same embeddings (the same image and the same text
-    before the question: at least ``share_min`` positions) are prefilled as one prefix, then each
-    row's own rest on top of a copy of that cache. Three questions about one image encode it once
+    before the question: at least ``share_min`` positions and half of the prompt) are prefilled as
+    one prefix, then each row's own rest on top of a copy of that cache; the other rows of the group
+    are prefilled together in one call. Three questions about one image encode it once
     and run its image tokens through the LLM once.
 
 Sampling is per group: ``admit`` may override the batcher's ``do_sample``, ``temperature``, nucleus
@@ -72,7 +73,7 @@ class ContinuousBatcher:
 
     def __init__(self, model, *, slots: int = 8, do_sample: bool = False, temperature: float = 1.0,
                  top_p: float = 1.0, answer_prefix: str | None = None, generator: torch.Generator | None = None,
-                 share_min: int = 16) -> None:
+                 share_min: int = 16, admit_min: int | None = None) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         if model.llm.new_cache() is None:
@@ -85,6 +86,7 @@ class ContinuousBatcher:
         self.answer_prefix = answer_prefix
         self.generator = generator
         self.share_min = share_min
+        self.admit_min = max(1, slots // 4) if admit_min is None else admit_min
         self.eos = model.tokenizer.eos_id
         self.pad = model.tokenizer.pad_id if model.tokenizer.pad_id is not None else 0
         self.want_hidden = model.wants_hidden
@@ -105,6 +107,13 @@ class ContinuousBatcher:
     @property
     def busy(self) -> bool:
         return bool(self._waiting)
+
+    def admits(self, waiting: int) -> bool:
+        """Whether to admit now, with ``waiting`` requests queued: when the batch is empty, or when at least
+        ``admit_min`` slots are free (fewer if fewer wait). Prefilling two or more rows at once costs less per
+        row than one at a time, so a single freed slot waits for a second one while others decode."""
+        free = self.free_slots
+        return waiting > 0 and free > 0 and (not self.rows or free >= min(waiting, self.admit_min))
 
     def tags(self) -> list[Any]:
         """The tags of the groups admitted and not yet returned by ``step``."""
@@ -151,7 +160,9 @@ class ContinuousBatcher:
         self._drop_done()
 
     def _clusters(self, embeds: Tensor, lengths: Tensor) -> list[tuple[list[int], int]]:
-        """Rows grouped by a shared leading run of at least ``share_min`` equal positions: (rows, shared)."""
+        """Rows grouped by a shared leading run of equal positions, (rows, shared), when the run is at least
+        ``share_min`` positions and half of the shorter row (an extra LLM call pays only then); rows that
+        share nothing worth it are prefilled together as one cluster with ``shared == 0``."""
         t = embeds.shape[1]
         real = [embeds[i, t - int(lengths[i]):] for i in range(embeds.shape[0])]
         clusters: list[tuple[list[int], int]] = []
@@ -160,12 +171,14 @@ class ContinuousBatcher:
                 lead = real[members[0]]
                 span = min(len(lead), len(seq), shared)
                 common = int((lead[:span] == seq[:span]).all(-1).long().cumprod(0).sum())
-                if common >= self.share_min:
+                if common >= max(self.share_min, min(len(lead), len(seq)) // 2):
                     clusters[c] = (members + [i], common)
                     break
             else:
                 clusters.append(([i], len(seq)))
-        return [(members, shared if len(members) > 1 else 0) for members, shared in clusters]
+        alone = [members[0] for members, _ in clusters if len(members) == 1]
+        shared = [(members, common) for members, common in clusters if len(members) > 1]
+        return shared + ([(alone, 0)] if alone else [])
 
     def _prefill(self, embeds: Tensor, lengths: Tensor, shared: int) -> tuple[Tensor, list[Tensor], Any, Tensor]:
         """Prefill rows (left-padded), the first ``shared`` real positions once for all: returns each row's

@@ -347,7 +347,7 @@ class Pipeline:
         batcher = ContinuousBatcher(self.model, slots=slots)
         queue = deque(items)
         while queue or batcher.busy:
-            if queue and batcher.free_slots:
+            if batcher.admits(len(queue)):
                 key = queue[0][1].options.shared()
                 chunk = []
                 while queue and len(chunk) < batcher.free_slots and queue[0][1].options.shared() == key:

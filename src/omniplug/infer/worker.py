@@ -93,7 +93,8 @@ class BatchWorker:
                     waiting.append(more)
             except queue.Empty:
                 pass
-            while waiting and len(waiting[0].requests) <= batcher.free_slots:
+            while waiting and len(waiting[0].requests) <= batcher.free_slots and \
+                    batcher.admits(sum(len(job.requests) for job in waiting)):
                 self._admit(batcher, waiting.popleft())
             try:
                 with torch.no_grad():
