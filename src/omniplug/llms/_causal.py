@@ -26,6 +26,8 @@ def quant_settings(*, bits: int | None, load_in_8bit: bool, quant_backend: str, 
     if bits is None:
         return None, "none", {}
     backend = resolve_backend(quant_backend)  # type: ignore[arg-type]
+    if backend == "torch_int8" and bits != 8:
+        raise ValueError(f"{what}: quant_backend torch_int8 is 8-bit only; for bits: 4 use quant_backend: quanto")
     if backend == "bitsandbytes":
         if not torch.cuda.is_available():
             raise ValueError(f"{what}: quant_backend bitsandbytes needs a CUDA GPU; on CPU use quant_backend: quanto")
@@ -185,10 +187,16 @@ class CausalLMWrapper(LanguageModel):
         """CPU backends quantise here, once the weights are final (bitsandbytes did it while loading)."""
         from omniplug.weights.hf_local import building_on_meta
 
-        if self.bits and self.quant_backend == "quanto" and not building_on_meta():  # a plan counts fp weights
+        if not self.bits or building_on_meta():  # a plan counts fp weights
+            return
+        if self.quant_backend == "quanto":
             from omniplug.llms.quant import quanto_quantize
 
             quanto_quantize(self.model, self.bits)
+        elif self.quant_backend == "torch_int8":
+            from omniplug.llms.quant import torch_int8_quantize
+
+            torch_int8_quantize(self.model)
 
     def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str,
                           lora: Literal["merge", "adapter", "adapter_only"] = "merge",

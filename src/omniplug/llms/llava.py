@@ -23,7 +23,8 @@ class LlavaLM(CausalLMWrapper):
                  freeze: bool = False, lora_enable: bool = False, lora_r: int = 8, lora_alpha: int = 16,
                  lora_dropout: float = 0.05, target_modules: list[str] | None = None,
                  bits: Literal[4, 8] | None = None, load_in_8bit: bool = False,
-                 quant_backend: Literal["auto", "bitsandbytes", "quanto"] = "auto", adapter: str | None = None) -> None:
+                 quant_backend: Literal["auto", "bitsandbytes", "quanto", "torch_int8"] = "auto",
+                 adapter: str | None = None) -> None:
         path = local_checkpoint(model_name_or_path, what="llm llava")
         bits, backend, quant_kwargs = quant_settings(bits=bits, load_in_8bit=load_in_8bit, quant_backend=quant_backend,
                                                      what="llm llava")

@@ -1,11 +1,15 @@
 """Weight quantisation of the LLM: ``bits: 8 | 4`` (or the seed's ``load_in_8bit``) in an ``llm`` entry.
 
 * CUDA: bitsandbytes (int8 / nf4), applied while loading (``quantization_config``).
-* CPU: optimum-quanto (qint8 / qint4) applied to every Linear layer of the LLM once its weights are
-  final (after trained weights are loaded); with 4 bits the LM head (``get_output_embeddings()``) is
-  qint8, as 4-bit output heads are what changes short answers most. The LLM's input embedding table
-  is stored as int8 rows (:class:`Int8Embedding`, for 8 and 4 bits: quanto has no embedding type).
-  torchao's int4 kernels do not run on x86 CPUs.
+* CPU, ``quant_backend: quanto`` (the default there): optimum-quanto (qint8 / qint4) applied to every
+  Linear layer of the LLM once its weights are final (after trained weights are loaded); with 4 bits
+  the LM head (``get_output_embeddings()``) is qint8, as 4-bit output heads are what changes short
+  answers most. quanto dequantises the weights for each matmul: it saves memory, not time.
+* CPU, ``quant_backend: torch_int8`` (8 bits only): PyTorch's dynamic quantisation — int8 weights,
+  activations quantised per call, and the matmuls run as int8 GEMMs (fbgemm / oneDNN on x86). The one
+  int8 path measured faster than fp32 here (``omniplug bench infer``); torchao's int8 configs ran
+  slower than fp32 on this CPU, and its int4 kernels do not run on x86 CPUs.
+* Both CPU backends store the LLM's input embedding table as int8 rows (:class:`Int8Embedding`).
 
 Only the LLM is quantised: the image encoder, projectors and decoders stay float.
 
@@ -20,7 +24,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-Backend = Literal["auto", "bitsandbytes", "quanto"]
+Backend = Literal["auto", "bitsandbytes", "quanto", "torch_int8"]
+
+#: adapters (LoRA, trainable token rows) stay float: they are small and may be trained further
+ADAPTER_PATTERNS = ["*lora_*", "*token_adapter*", "*modules_to_save*"]
 
 
 def resolve_backend(backend: Backend) -> str:
@@ -47,14 +54,30 @@ def quanto_quantize(module: nn.Module, bits: int) -> None:
         from optimum.quanto import freeze, qint4, qint8, quantize
     except ImportError as exc:
         raise ImportError("bits on CPU needs optimum-quanto: pip install -e '.[quant]'") from exc
-    # adapters (LoRA, trainable token rows) stay float: they are small and may be trained further
-    adapters = ["*lora_*", "*token_adapter*", "*modules_to_save*"]
+    adapters = ADAPTER_PATTERNS
     head = _output_head_name(module) if bits == 4 else None
     head_patterns = [head, f"{head}.*"] if head else []
     quantize(module, weights=qint8 if bits == 8 else qint4, exclude=adapters + head_patterns)
     if head_patterns:
         quantize(module, weights=qint8, include=head_patterns, exclude=adapters)
     freeze(module)
+    quantize_input_embedding(module)
+    module.requires_grad_(False)
+
+
+def torch_int8_quantize(module: nn.Module) -> None:
+    """Every plain Linear in ``module`` (adapters excepted) becomes PyTorch's dynamic int8 Linear, in place."""
+    import fnmatch
+    import warnings
+
+    names = {name for name, m in module.named_modules() if type(m) is nn.Linear
+             and not any(fnmatch.fnmatch(name, p) for p in ADAPTER_PATTERNS)}
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; 2.13 still ships it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*", category=UserWarning)
+        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+        quantize_dynamic(module, {name: default_dynamic_qconfig for name in names}, dtype=torch.qint8, inplace=True)
     quantize_input_embedding(module)
     module.requires_grad_(False)
 
@@ -115,6 +138,11 @@ def weight_bytes(module: nn.Module) -> int:
     """Bytes held by parameters and buffers, counting quantised subclasses by their inner storage."""
     seen: set[int] = set()
     total = 0
+    for m in module.modules():  # dynamic int8 Linears keep their weights packed, outside parameters and buffers
+        packed = getattr(m, "_packed_params", None)
+        if packed is not None and callable(getattr(m, "weight", None)):
+            weight, bias = m.weight(), m.bias()
+            total += weight.numel() * weight.element_size() + 8 + (0 if bias is None else bias.numel() * bias.element_size())
     for t in [*module.parameters(), *module.buffers()]:
         if id(t) in seen:
             continue
