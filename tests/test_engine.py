@@ -190,3 +190,66 @@ def test_greedy_rows_beside_sampled_rows_stay_greedy(pipe, tiny_dir):
     assert mixed[3].text == pipe.batch([requests[3]])[0].text
     _same(mixed[2], pipe.batch([prefixed])[0])
     assert len(mixed[2].masks) == 1
+
+
+# --- the prefix cache: a conversation's next turn and a second question reuse earlier keys/values -------------
+def test_a_conversations_next_turn_reuses_the_first_turn(tiny_dir, monkeypatch):
+    """Turn 2 (history = turn 1's question and answer) starts from the keys and values kept when turn 1
+    ended: only the new question runs through the LLM, and the answer (text, masks) equals the one
+    computed from scratch and the one transformers' generate gives."""
+    from omniplug.build import build_model
+    from omniplug.data.conversation import Turn
+
+    torch.manual_seed(0)
+    model = build_model(tiny_dir / "seg.yaml")
+    cached, fresh = Pipeline(model), Pipeline(model, prefix_cache_mb=0)
+    assert fresh.prefix_cache is None
+    (a,) = _images(tiny_dir, 1)
+    first = cached.batch([Request("What is in the image?", [a], options=Options(max_new_tokens=6))])[0]
+    raw = model.tokenizer.decode(cached.model.generate(
+        cached._collate([(0, Request("What is in the image?", [a], options=Options(max_new_tokens=6)))])[0],
+        max_new_tokens=6).token_ids[0], skip_special=False)
+    assert cached.prefix_cache.entries and cached.prefix_cache.hits == 0
+    history = [Turn("user", "What is in the image?", images=1), Turn("assistant", raw)]
+    second = Request("Please segment the red circle.", [a], history=history,
+                     options=Options(max_new_tokens=5, answer_prefix="<seg>"))
+    states = []
+    real_finish = type(model).finish_generation
+    monkeypatch.setattr(type(model), "finish_generation",
+                        lambda self, prepared, gen: states.append(gen) or real_finish(self, prepared, gen))
+    got = cached.batch([second])[0]
+    assert cached.prefix_cache.hits == 1
+    full = int(cached.collator([cached._sample(0, second)]).attention_mask.sum())
+    assert cached.prefix_cache.reused_positions >= full // 2  # the image and the first turn were not run again
+    _same(got, fresh.batch([second])[0])
+    reused, scratch = states  # what the decoders read: every prompt and answer state, equal to the fresh run's
+    assert torch.equal(reused.sequences, scratch.sequences)
+    assert torch.allclose(reused.hidden_states, scratch.hidden_states, atol=1e-5)
+    monkeypatch.undo()
+    _without_cached_step(monkeypatch, cached)
+    _same(got, cached.batch([second])[0])
+    assert first.text
+
+
+def test_prefix_cache_keeps_the_longest_and_respects_its_budget():
+    from omniplug.infer.engine import PrefixCache, _Prefix
+
+    def entry(values: list[float], width: int = 4) -> _Prefix:
+        embeds = torch.tensor(values)[:, None].repeat(1, width)
+        kv = [torch.zeros(2, len(values), 8)]
+        return _Prefix(embeds=embeds, keys=kv, values=kv, hidden=embeds.clone())
+
+    cache = PrefixCache(max_mb=1)
+    cache.put(entry([1, 2, 3]))
+    cache.put(entry([1, 2, 3, 4, 5]))  # extends the first: replaces it
+    cache.put(entry([7, 8]))
+    assert [len(e.embeds) for e in cache.entries] == [5, 2]
+    found, common = cache.match(torch.tensor([1.0, 2, 3, 9])[:, None].repeat(1, 4))
+    assert common == 3 and len(found.embeds) == 5
+    assert cache.match(torch.tensor([5.0])[:, None].repeat(1, 4)) == (None, 0)
+    small = PrefixCache(max_mb=2 * entry([1] * 1000).nbytes / 2**20)
+    for start in range(3):
+        small.put(entry([start + 10.0] * 1000))
+    assert [float(e.embeds[0, 0]) for e in small.entries] == [11.0, 12.0]  # the oldest left
+    with pytest.raises(ValueError, match="max_mb must be > 0"):
+        PrefixCache(max_mb=0)

@@ -15,7 +15,7 @@ def pipe(tiny_dir):
     from omniplug.build import build_model
 
     torch.manual_seed(0)
-    return Pipeline(build_model(tiny_dir / "seg.yaml"))
+    return Pipeline(build_model(tiny_dir / "seg.yaml"), prefix_cache_mb=0)  # as the bench builds it
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +48,23 @@ def test_three_tasks_and_overhead_sections(pipe, requests):
     assert over["prompts"] == 4 and over["generate_ratio"]["min"] > 0 and over["llm"]["layers"] == 2
 
 
+def test_conversation_section_reuses_the_first_turn(tiny_dir, requests):
+    from omniplug.build import build_model
+
+    torch.manual_seed(0)
+    pipe = Pipeline(build_model(tiny_dir / "seg.yaml"), prefix_cache_mb=0)
+    out = infer_bench.bench_conversation(pipe, requests, turns=2, repeats=1)
+    assert out["conversations"] == 2 and out["identical_outputs"]
+    assert out["reused_positions_per_hit"] > 16 and out["second_turn_ratio"] > 0
+    assert pipe.prefix_cache is None  # left as it was
+
+
 def test_int8_section_and_deltas(tiny_dir, pipe, requests):
     from omniplug.build import build_model
 
     torch.manual_seed(0)
-    int8 = Pipeline(build_model(tiny_dir / "seg.yaml", ["llm.tiny_llama.bits=8", "llm.tiny_llama.quant_backend=torch_int8"]))
+    int8 = Pipeline(build_model(tiny_dir / "seg.yaml", ["llm.tiny_llama.bits=8", "llm.tiny_llama.quant_backend=torch_int8"]),
+                    prefix_cache_mb=0)
     out = infer_bench.bench_int8(pipe, int8, requests[:4], repeats=1, world_dir=None, eval_n=0)
     assert out["llm_bytes"]["int8"] < out["llm_bytes"]["fp32"] and 0 <= out["same_answer_text"] <= 1
     assert "world_eval" not in out and out["latency_ratio"]["min"] > 0
@@ -80,3 +92,14 @@ def test_bench_cli_refuses_bad_arguments(tmp_path, capsys):
     assert "--threads must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "train"])
+
+
+def test_larger_llama_config_keeps_the_vocabulary(tiny_dir, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    out = infer_bench.write_larger_llama(tiny_dir / "llama", tmp_path / "big")
+    config, small = AutoConfig.from_pretrained(out), AutoConfig.from_pretrained(tiny_dir / "llama")
+    assert (config.hidden_size, config.num_hidden_layers, config.head_dim) == (1024, 12, 64)
+    assert config.vocab_size == small.vocab_size
+    assert len(AutoTokenizer.from_pretrained(out)) == len(AutoTokenizer.from_pretrained(tiny_dir / "llama"))
+    assert not list(out.glob("*.safetensors"))  # config only: built from scratch (from_scratch: true)

@@ -36,8 +36,12 @@ def _bench(args: argparse.Namespace) -> int:
     if not Path(args.config).is_file():
         raise FileNotFoundError(f"config not found: {args.config}")
     say = (lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
+    def partial(record: dict) -> None:
+        if args.out:
+            Path(args.out).write_text(infer_bench.dumps({"partial": True, **record}) + "\n")
+
     result = infer_bench.run(args.config, quick=args.quick, world=args.world, threads=args.threads,
-                             larger=not args.no_larger, progress=say)
+                             larger=not args.no_larger, progress=say, partial=partial)
     from omniplug.eval.bench_record import record_header
 
     record = {**record_header(repo=DEFAULT_CONFIG.parents[2], config=args.config, argv=[]), **result}

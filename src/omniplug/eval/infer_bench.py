@@ -5,7 +5,8 @@ of two sides timed alternately (side A, side B, side A, ...) in the same process
 minimum over the repeats is used (the least disturbed run) and the median is kept beside it. The
 load average is recorded.
 
-Sections (each returns a dict; :func:`run` joins them and adds the headline ratios):
+The prefix cache is off in every section but ``conversation`` (repeated prompts would be answered from
+it). Sections (each returns a dict; :func:`run` joins them and adds the headline ratios):
 
 * ``batching`` — world requests in arrival order (caption, VQA, referring, reasoning on successive
   val scenes, with the world eval's answer limits), sequential ``pipe(image, prompt)`` vs one
@@ -19,6 +20,9 @@ Sections (each returns a dict; :func:`run` joins them and adds the headline rati
   greedy generation of the same tokens (``OneModel.generate`` vs encoding the same prompt and calling
   ``generate(inputs_embeds=...)``), at the model's size and at a larger random Llama.
   -> ``overhead_vs_transformers`` (the larger of the two generate ratios at the model's size).
+* ``conversation`` — a second turn (a mask question after a caption, the first turn in its history)
+  answered from the prefix cache (the image and the first turn's keys and values kept) vs from
+  scratch. -> ``second_turn_ratio``.
 * ``int8`` — ``quant_backend: torch_int8`` (int8 GEMMs) vs fp32: LLM weight bytes, sequential latency,
   the same answers, and (full run) the world eval's figures on both. -> ``int8_latency_ratio``.
 """
@@ -217,6 +221,44 @@ def bench_overhead(pipe: Pipeline, requests: list[tuple[str, Request]], *, repea
             "generated_tokens": sum(len(t) for t in g_out["omniplug"])}
 
 
+def bench_conversation(pipe: Pipeline, requests: list[tuple[str, Request]], *, turns: int, repeats: int) -> dict:
+    """Turn 2 of ``turns`` conversations, with the prefix cache holding turn 1 vs without a prefix cache."""
+    from omniplug.data.conversation import Turn
+    from omniplug.infer.engine import PrefixCache
+
+    captions = [r for kind, r in requests if kind == "caption"][:turns]
+    referring = [r for kind, r in requests if kind == "referring"][:turns]
+    cache = PrefixCache(max_mb=256)
+    ratios, same = [], True
+    for first, ask in zip(captions, referring):
+        answer = Pipeline(pipe.model, markers=False, prefix_cache_mb=0).batch([first])[0].text
+        second = Request(ask.prompt, first.images, history=[Turn("user", first.prompt, images=1),
+                                                            Turn("assistant", answer)],
+                         options=Options(max_new_tokens=LIMITS["referring"]))
+
+        def cached():
+            pipe.prefix_cache = cache
+            cache.clear()
+            pipe.batch([first])  # turn 1, kept by the cache (untimed: the timer below covers turn 2 alone)
+            start = time.perf_counter()
+            out = pipe.batch([second])[0]
+            return out, time.perf_counter() - start
+
+        def scratch():
+            pipe.prefix_cache = None
+            start = time.perf_counter()
+            out = pipe.batch([second])[0]
+            return out, time.perf_counter() - start
+
+        runs = {"cached": [cached() for _ in range(repeats + 1)][1:], "scratch": [scratch() for _ in range(repeats + 1)][1:]}
+        ratios.append(min(t for _, t in runs["cached"]) / min(t for _, t in runs["scratch"]))
+        same = same and same_answers(runs["cached"][-1][0], runs["scratch"][-1][0])
+    pipe.prefix_cache = None
+    return {"conversations": len(ratios), "second_turn_ratio": round(float(np.mean(ratios)), 3),
+            "reused_positions_per_hit": round(cache.reused_positions / max(1, cache.hits), 1),
+            "identical_outputs": same}
+
+
 def bench_int8(fp32: Pipeline, int8: Pipeline, requests: list[tuple[str, Request]], *, repeats: int,
                world_dir: Path | None, eval_n: int) -> dict:
     from omniplug.llms.quant import weight_bytes
@@ -277,7 +319,9 @@ def write_larger_llama(tokenizer_dir: Path, out: Path) -> Path:
 
 
 def run(config: str, *, quick: bool, world: str | Path, threads: int, larger: bool,
-        progress: Callable[[str], None] = lambda _: None) -> dict:
+        progress: Callable[[str], None] = lambda _: None, partial: Callable[[dict], None] = lambda _: None) -> dict:
+    """Every section in turn; ``partial`` receives the record so far after each (a long run keeps what it
+    measured if it is stopped)."""
     from omniplug.config import load_config
     from omniplug.data.world_tasks import ensure_split
 
@@ -289,28 +333,37 @@ def run(config: str, *, quick: bool, world: str | Path, threads: int, larger: bo
     llm_entry = cfg.one_model.llm
     started = time.perf_counter()
     progress("loading the model (fp32 and torch_int8)")
-    pipe = Pipeline.from_config(config)
-    int8 = Pipeline.from_config(config, [f"llm.{llm_entry}.bits=8", f"llm.{llm_entry}.quant_backend=torch_int8"])
+    pipe = Pipeline.from_config(config, prefix_cache_mb=0)
+    int8 = Pipeline.from_config(config, [f"llm.{llm_entry}.bits=8", f"llm.{llm_entry}.quant_backend=torch_int8"],
+                                prefix_cache_mb=0)
     result: dict[str, Any] = {"quick": quick, "threads": threads, "repeats": repeats}
     progress("continuous batching vs sequential")
     result["batching"] = bench_batching(pipe, requests, repeats=repeats)
+    partial(result)
     progress("three tasks of one image vs one")
     result["three_tasks"] = bench_three_tasks(pipe, requests, images=4 if quick else 12, repeats=repeats)
+    partial(result)
+    progress("a conversation's second turn: prefix cache vs from scratch")
+    result["conversation"] = bench_conversation(pipe, requests, turns=2 if quick else 6, repeats=repeats)
+    partial(result)
     progress("omniplug vs transformers")
     result["overhead"] = {"model": bench_overhead(pipe, requests, repeats=repeats + 1)}
+    partial(result)
     progress("int8 vs fp32")
     result["int8"] = {"model": bench_int8(pipe, int8, requests, repeats=repeats, world_dir=None if quick else root,
                                           eval_n=0 if quick else 50)}
+    partial(result)
     if larger and not quick:
-        base = Path(str(cfg.catalogues["llm"][llm_entry].model_name_or_path))
+        base = Path(str(cfg.catalogues["llm"][llm_entry].params["model_name_or_path"]))
         with tempfile.TemporaryDirectory() as tmp:
             path = write_larger_llama(base, Path(tmp) / "llama")
             overrides = [f"llm.{llm_entry}.model_name_or_path={path}", "one_model.weights=null"]
             progress(f"the same at a larger random Llama ({LARGER_LLAMA['hidden_size']} x {LARGER_LLAMA['num_hidden_layers']})")
             torch.manual_seed(0)
-            big = Pipeline.from_config(config, overrides)
+            big = Pipeline.from_config(config, overrides, prefix_cache_mb=0)
             big_int8 = Pipeline.from_config(config, overrides + [f"llm.{llm_entry}.bits=8",
-                                                                 f"llm.{llm_entry}.quant_backend=torch_int8"])
+                                                                 f"llm.{llm_entry}.quant_backend=torch_int8"],
+                                            prefix_cache_mb=0)
             result["overhead"]["larger_llama"] = bench_overhead(big, requests, repeats=repeats)
             result["int8"]["larger_llama"] = bench_int8(big, big_int8, requests[:8], repeats=repeats, world_dir=None,
                                                         eval_n=0)
@@ -320,9 +373,11 @@ def run(config: str, *, quick: bool, world: str | Path, threads: int, larger: bo
     result["headline"] = {
         "batch8_speedup": result["batching"]["speedup"]["min"],
         "three_tasks_one_image_ratio": result["three_tasks"]["ratio_vs_mean_one"],
+        "three_tasks_vs_longest_one": result["three_tasks"]["ratio_vs_longest_one"],
+        "second_turn_ratio": result["conversation"]["second_turn_ratio"],
         "overhead_vs_transformers": max(overhead["forward_ratio"]["min"], overhead["generate_ratio"]["min"]),
         "int8_latency_ratio": result["int8"]["model"]["latency_ratio"]["min"],
-        "identical_outputs": result["batching"]["identical_outputs"] and result["three_tasks"]["identical_outputs"],
+        "identical_outputs": all(result[k]["identical_outputs"] for k in ("batching", "three_tasks", "conversation")),
     }
     if "larger_llama" in result["overhead"]:
         big = result["overhead"]["larger_llama"]

@@ -23,6 +23,13 @@ One image, many questions
     are prefilled together in one call. Three questions about one image encode it once
     and run its image tokens through the LLM once.
 
+Earlier requests' prefixes (``PrefixCache``)
+    With a ``prefix_cache``, every admitted prompt's keys and values (and, when a row leaves, those
+    of its prompt and answer) are kept, up to a byte budget, least recently used first out. A new
+    row that begins with a kept prefix (at least ``share_min`` positions) starts from a copy of it
+    and prefills only the rest: a conversation's next turn does not run the image tokens and the
+    earlier turns through the LLM again, nor does a later question about an image already asked about.
+
 Sampling is per group: ``admit`` may override the batcher's ``do_sample``, ``temperature``, nucleus
 ``top_p`` and ``answer_prefix``, so requests with different settings share one running batch. Sampled
 rows draw from ``generator``; greedy rows take the argmax; no other logits processor runs.
@@ -64,8 +71,73 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     hidden: list[Tensor] = field(default_factory=list)  # (H,) per fed-back generated token
     logits: list[Tensor] = field(default_factory=list)  # (V,) that chose each generated token
+    prompt_embeds: Tensor | None = None  # (L, H) real prompt positions (for the prefix cache)
+    prompt_hidden: Tensor | None = None
     ended: bool = False  # the answer is complete
     done: bool = False  # ... and nothing more is needed from the LLM
+
+
+@dataclass(eq=False)
+class _Prefix:
+    embeds: Tensor  # (L, H) the positions' input embeddings: what a new prompt is matched against
+    keys: list[Tensor]  # per layer (heads, L, dim)
+    values: list[Tensor]
+    hidden: Tensor | None  # (L, H) last-layer states (None when nobody reads them)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.embeds, *self.keys, *self.values] + ([self.hidden] if self.hidden is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class PrefixCache:
+    """Keys and values of earlier prompts (and answers), matched by their input embeddings; least recently
+    used entries go first when ``max_mb`` is exceeded. Clear it when the model's weights change."""
+
+    def __init__(self, *, max_mb: float = 64.0) -> None:
+        if max_mb <= 0:
+            raise ValueError(f"max_mb must be > 0, got {max_mb}")
+        self.max_bytes = int(max_mb * 2**20)
+        self.entries: list[_Prefix] = []  # least recently used first
+        self.hits = 0
+        self.reused_positions = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def match(self, seq: Tensor) -> tuple[_Prefix | None, int]:
+        """The entry sharing the longest leading run with ``seq`` (L, H), and that run's length."""
+        best, length = None, 0
+        for entry in self.entries:
+            span = min(len(entry.embeds), len(seq))
+            common = int((entry.embeds[:span] == seq[:span]).all(-1).long().cumprod(0).sum()) if span else 0
+            if common > length:
+                best, length = entry, common
+        return best, length
+
+    def use(self, entry: _Prefix, length: int) -> None:
+        self.entries.remove(entry)
+        self.entries.append(entry)
+        self.hits += 1
+        self.reused_positions += length
+
+    def put(self, entry: _Prefix) -> None:
+        """Keep ``entry``; entries it extends (their whole length is its prefix) are dropped."""
+        if entry.nbytes > self.max_bytes:
+            return
+        keep = []
+        for old in self.entries:
+            span = len(old.embeds)
+            if span <= len(entry.embeds) and bool((old.embeds == entry.embeds[:span]).all()):
+                continue
+            keep.append(old)
+        self.entries = keep + [entry]
+        while self.nbytes > self.max_bytes:
+            self.entries.pop(0)
 
 
 class ContinuousBatcher:
@@ -73,7 +145,7 @@ class ContinuousBatcher:
 
     def __init__(self, model, *, slots: int = 8, do_sample: bool = False, temperature: float = 1.0,
                  top_p: float = 1.0, answer_prefix: str | None = None, generator: torch.Generator | None = None,
-                 share_min: int = 16, admit_min: int | None = None) -> None:
+                 share_min: int = 16, admit_min: int | None = None, prefix_cache: PrefixCache | None = None) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         if model.llm.new_cache() is None:
@@ -86,6 +158,7 @@ class ContinuousBatcher:
         self.answer_prefix = answer_prefix
         self.generator = generator
         self.share_min = share_min
+        self.prefix_cache = prefix_cache
         self.admit_min = max(1, slots // 4) if admit_min is None else admit_min
         self.eos = model.tokenizer.eos_id
         self.pad = model.tokenizer.pad_id if model.tokenizer.pad_id is not None else 0
@@ -139,7 +212,15 @@ class ContinuousBatcher:
         last_logits = embeds.new_empty(n, 0)
         hidden = embeds.new_zeros(n, t, embeds.shape[2])
         parts = []
-        for members, shared in self._clusters(embeds, lengths):
+        hits = self._hits(embeds, lengths)
+        for row, (entry, reuse) in hits.items():
+            logits_c, real_hidden, cache, mask_c = self._prefill_from(entry, reuse, embeds[row:row + 1],
+                                                                      lengths[row:row + 1])
+            parts.append(([row], logits_c, cache, mask_c))
+            hidden[row, t - real_hidden[0].shape[0]:] = real_hidden[0]
+        rest = [i for i in range(n) if i not in hits]
+        for members, shared in self._clusters(embeds[rest], lengths[rest]) if rest else []:
+            members = [rest[m] for m in members]
             logits_c, real_hidden, cache, mask_c = self._prefill(embeds[members], lengths[members], shared)
             parts.append((members, logits_c, cache, mask_c))
             for row, h in zip(members, real_hidden):
@@ -150,7 +231,13 @@ class ContinuousBatcher:
         group.rows = [_Row(group=group, keep=prepared.token_limits[i], sampling=sampling or self.sampling)
                       for i in range(n)]
         new_rows = [group.rows[i] for i in order]
+        for i, row in enumerate(group.rows):
+            row.prompt_embeds = embeds[i, t - int(lengths[i]):]
+            row.prompt_hidden = hidden[i, t - int(lengths[i]):] if self.want_hidden else None
         for members, _, cache, mask_c in parts:
+            if self.prefix_cache is not None:
+                for j, row in enumerate(members):
+                    self._keep(group.rows[row], cache, mask_c, j, fed=0)
             self._join(cache, mask_c, lengths[members])
         self.rows.extend(new_rows)
         self.peak_rows = max(self.peak_rows, len(self.rows))
@@ -179,6 +266,58 @@ class ContinuousBatcher:
         alone = [members[0] for members, _ in clusters if len(members) == 1]
         shared = [(members, common) for members, common in clusters if len(members) > 1]
         return shared + ([(alone, 0)] if alone else [])
+
+    def _hits(self, embeds: Tensor, lengths: Tensor) -> dict[int, tuple[_Prefix, int]]:
+        """Rows that begin with a kept prefix of at least ``share_min`` positions: row -> (entry, positions to
+        reuse); at least the row's last position is run again (its logits choose the first answer token)."""
+        if self.prefix_cache is None:
+            return {}
+        t = embeds.shape[1]
+        hits = {}
+        for i in range(embeds.shape[0]):
+            length = int(lengths[i])
+            entry, common = self.prefix_cache.match(embeds[i, t - length:])
+            reuse = min(common, length - 1)
+            if entry is not None and reuse >= self.share_min and (entry.hidden is not None or not self.want_hidden):
+                self.prefix_cache.use(entry, reuse)
+                hits[i] = (entry, reuse)
+        return hits
+
+    def _prefill_from(self, entry: _Prefix, reuse: int, embeds: Tensor, lengths: Tensor):
+        """Prefill one row on top of the first ``reuse`` positions of a kept prefix (as ``_prefill``)."""
+        t, length = embeds.shape[1], int(lengths[0])
+        cache = self.llm.new_cache()
+        for layer, keys, values in zip(cache.layers, entry.keys, entry.values):
+            keys, values = keys[None, :, :reuse].clone(), values[None, :, :reuse].clone()
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+        ones = torch.ones(1, length, dtype=torch.long, device=embeds.device)
+        positions = torch.arange(reuse, length, device=embeds.device)[None]
+        logits, hidden = self.llm.forward_cached(embeds[:, t - length + reuse:], ones, positions, cache)
+        self.prefill_positions += length - reuse
+        real = hidden[0]
+        if entry.hidden is not None:
+            real = torch.cat([entry.hidden[:reuse], real])
+        return logits, [real], cache, ones
+
+    def _keep(self, row: _Row, cache: Any, mask: Tensor, index: int, *, fed: int) -> None:
+        """Put row ``index`` of ``cache`` (its real columns: prompt + ``fed`` answer tokens) in the prefix cache."""
+        columns = mask[index].bool()
+        embeds = row.prompt_embeds
+        hidden = row.prompt_hidden
+        if fed:
+            tokens = torch.tensor(row.tokens[:fed], device=embeds.device)
+            embeds = torch.cat([embeds, self.llm.embed(tokens[None])[0]])
+            if hidden is not None:
+                hidden = torch.cat([hidden, torch.stack(row.hidden[:fed])]) if len(row.hidden) >= fed else None
+        if self.want_hidden and hidden is None:
+            return
+        keys = [layer.keys[index][:, columns].clone() for layer in cache.layers]
+        values = [layer.values[index][:, columns].clone() for layer in cache.layers]
+        if keys[0].shape[1] != len(embeds):
+            return
+        self.prefix_cache.put(_Prefix(embeds=embeds.detach(), keys=keys, values=values,
+                                      hidden=None if hidden is None else hidden.detach()))
 
     def _prefill(self, embeds: Tensor, lengths: Tensor, shared: int) -> tuple[Tensor, list[Tensor], Any, Tensor]:
         """Prefill rows (left-padded), the first ``shared`` real positions once for all: returns each row's
@@ -292,6 +431,10 @@ class ContinuousBatcher:
         if not keep:
             self.rows, self.cache, self.mask, self.positions = [], None, None, None
             return
+        if self.prefix_cache is not None:  # a conversation's next turn starts with this prompt and answer
+            for i, row in enumerate(self.rows):
+                if row.done:
+                    self._keep(row, self.cache, self.mask, i, fed=int(self.mask[i].sum()) - len(row.prompt_embeds))
         index = torch.tensor(keep, device=self.mask.device)
         mask = self.mask[index]
         first = int(mask.any(0).long().argmax())  # columns before it are padding for every remaining row

@@ -204,9 +204,18 @@ class Pipeline:
     """Wraps a built ``OneModel`` for inference. Build with :meth:`from_config`."""
 
     def __init__(self, model, *, max_length: int = 2048, markers: bool = True, batch_size: int = 8,
-                 max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP, max_task_tokens_cap: int = MAX_TASK_TOKENS_CAP) -> None:
+                 max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP, max_task_tokens_cap: int = MAX_TASK_TOKENS_CAP,
+                 prefix_cache_mb: float = 64.0) -> None:
+        """``prefix_cache_mb``: keys and values of earlier prompts and answers kept for later requests that
+        begin with them (a conversation's next turn, another question about the same image); 0 turns it off.
+        Call ``pipe.prefix_cache.clear()`` after changing the model's weights."""
+        from omniplug.infer.engine import PrefixCache
+
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be >= 0, got {prefix_cache_mb}")
+        self.prefix_cache = PrefixCache(max_mb=prefix_cache_mb) if prefix_cache_mb else None
         self.model = model
         self.model.eval()
         self.collator = Collator(model, max_length=max_length, for_generation=True)
@@ -217,7 +226,8 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config, overrides: Sequence[str] = (), *, device: str | torch.device | None = None,
-                    max_length: int | None = None, markers: bool = True, batch_size: int = 8) -> "Pipeline":
+                    max_length: int | None = None, markers: bool = True, batch_size: int = 8,
+                    prefix_cache_mb: float = 64.0) -> "Pipeline":
         """Build the model of ``config`` (a YAML path or a loaded ``Config``) with its ``one_model.weights``."""
         from omniplug.build import build_model
         from omniplug.config import Config, load_config
@@ -227,7 +237,7 @@ class Pipeline:
         if device is not None:
             model.to(device)
         return cls(model, max_length=max_length or max(cfg.data.max_length, 512), markers=markers,
-                   batch_size=batch_size)
+                   batch_size=batch_size, prefix_cache_mb=prefix_cache_mb)
 
     @property
     def device(self) -> torch.device:
@@ -344,7 +354,7 @@ class Pipeline:
 
         from omniplug.infer.engine import ContinuousBatcher
 
-        batcher = ContinuousBatcher(self.model, slots=slots)
+        batcher = ContinuousBatcher(self.model, slots=slots, prefix_cache=self.prefix_cache)
         queue = deque(items)
         while queue or batcher.busy:
             if batcher.admits(len(queue)):

@@ -48,9 +48,12 @@ class BatchWorker:
         self.slots = slots
         self._inbox: queue.Queue[_Job | None] = queue.Queue()
         self._closed = False
-        self.batcher = ContinuousBatcher(pipeline.model, slots=slots)  # owned by the worker thread
+        self.batcher = self._new_batcher()  # owned by the worker thread
         self._thread = threading.Thread(target=self._run, name="omniplug-batch-worker", daemon=True)
         self._thread.start()
+
+    def _new_batcher(self) -> ContinuousBatcher:
+        return ContinuousBatcher(self.pipeline.model, slots=self.slots, prefix_cache=self.pipeline.prefix_cache)
 
     def submit(self, request: Request) -> Future:
         """Queue one request; the future gives its ``Response`` (or raises ``RequestError``)."""
@@ -104,7 +107,7 @@ class BatchWorker:
                 for job in batcher.tags():
                     for future in job[0].futures:
                         future.set_exception(exc)
-                batcher = self.batcher = ContinuousBatcher(self.pipeline.model, slots=self.slots)
+                batcher = self.batcher = self._new_batcher()
                 continue
             for (job, own_pre, collate, admitted), gen in finished:
                 responses = self.pipeline._responses(gen, own_pre, collate, time.perf_counter() - admitted)
