@@ -39,7 +39,7 @@ def force_answers(monkeypatch, model, answers: dict[int, str] | str) -> None:
     real_cached = llm_class.forward_cached
 
     def fake_forward_cached(self, inputs_embeds, attention_mask, position_ids, cache):
-        fresh = cache.get_seq_length() == 0
+        fresh = cache.get_seq_length() == 0 or inputs_embeds.shape[1] > 1  # a prefill (decode steps feed one token)
         logits, hidden = real_cached(self, inputs_embeds, attention_mask, position_ids, cache)
         counts = attention_mask.sum(1).tolist()
         if single is not None and fresh:  # a prefill: these rows' prompt lengths, the newest last

@@ -172,7 +172,7 @@ def test_hidden_states_and_logits_equal_those_of_the_row_alone(pipe, tiny_dir, m
                                   pad_token_id=model.tokenizer.pad_id, return_hidden=True)
         n = int(got.lengths[0])
         assert got.sequences[0, :n].tolist() == want.sequences[0, :n].tolist()
-        width = b.input_ids.shape[1] + n
+        width = b.input_ids.shape[1] + n - 1  # every fed token (the last is fed only when it is a trigger)
         assert torch.allclose(got.hidden_states[0, :width], want.hidden_states[0, :width], atol=1e-4)
         assert torch.allclose(got.logits[0, :n], want.logits[0, :n], atol=1e-4)
 
@@ -253,3 +253,28 @@ def test_prefix_cache_keeps_the_longest_and_respects_its_budget():
     assert [float(e.embeds[0, 0]) for e in small.entries] == [11.0, 12.0]  # the oldest left
     with pytest.raises(ValueError, match="max_mb must be > 0"):
         PrefixCache(max_mb=0)
+
+
+def test_an_answer_cut_at_a_trigger_gets_its_state_and_others_take_no_extra_step(pipe, tiny_dir, monkeypatch):
+    """A row stopped by max_new_tokens runs one more step only when its last token is a trigger (the decoder
+    reads that token's hidden state): the mask then equals the teacher-forced one."""
+    from tests.forced import force_answers
+
+    (a,) = _images(tiny_dir, 1)
+    answer = "It is <seg> and more words"
+    ids = pipe.model.tokenizer.encode(answer, special=True)
+    k = ids.index(pipe.model.tokenizer.token_id("<seg>")) + 1  # tokens up to and including the trigger
+    request = Request("Please segment the red circle.", [a], options=Options(max_new_tokens=k))
+    length = int(pipe.collator([pipe._sample(0, request)]).attention_mask.sum())
+    force_answers(monkeypatch, pipe.model, {length: answer})
+    steps = []
+    real_step = ContinuousBatcher.step
+    monkeypatch.setattr(ContinuousBatcher, "step", lambda self: steps.append(len(self.rows)) or real_step(self))
+    cut_at_trigger = pipe.batch([request])[0]  # "It is <seg>": the trigger is the last kept token
+    assert len(cut_at_trigger.masks) == 1 and len(steps) == k  # k - 1 fed tokens + the trigger's own step
+    steps.clear()
+    cut_before = pipe.batch([Request(request.prompt, [a], options=Options(max_new_tokens=k - 1))])[0]
+    assert cut_before.masks == [] and len(steps) == k - 2  # "It is": no extra step for its last token
+    monkeypatch.setattr(ContinuousBatcher, "step", real_step)
+    _without_cached_step(monkeypatch, pipe)  # transformers' generate + the same decoders
+    _same(cut_at_trigger, pipe.batch([request])[0])

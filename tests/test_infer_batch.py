@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from omniplug.infer.pipeline import Options, Pipeline, Request, RequestError
-from omniplug.types import GenerateOutput, Mask, Response
+from omniplug.types import Mask, Response
 from tests.forced import force_answers
 
 

@@ -68,8 +68,8 @@ def test_int8_section_and_deltas(tiny_dir, pipe, requests):
     out = infer_bench.bench_int8(pipe, int8, requests[:4], repeats=1, world_dir=None, eval_n=0)
     assert out["llm_bytes"]["int8"] < out["llm_bytes"]["fp32"] and 0 <= out["same_answer_text"] <= 1
     assert "world_eval" not in out and out["latency_ratio"]["min"] > 0
-    deltas = infer_bench._deltas({"vqa": {"accuracy": 0.5, "n": 1}, "pq": 0.25, "steps": 7},
-                                 {"vqa": {"accuracy": 0.45, "n": 1}, "pq": 0.3, "steps": 9})
+    deltas = infer_bench._deltas({"vqa": {"accuracy": 0.5, "n": 1, "seconds": 0.2}, "pq": 0.25, "steps": 7},
+                                 {"vqa": {"accuracy": 0.45, "n": 1, "seconds": 0.3}, "pq": 0.3, "steps": 9})
     assert deltas == {"vqa.accuracy": -5.0, "pq": 5.0}
 
 

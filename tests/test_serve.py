@@ -482,4 +482,16 @@ def test_concurrent_requests_share_the_running_batch_and_many_prompts_one_upload
         none = httpx.post(srv.url + "/v1/infer/many", timeout=60, files=[("image", ("s.png", png, "image/png"))],
                           data={"max_new_tokens": "4"})
         assert none.status_code == 400 and none.json()["error"]["code"] == "missing_prompt"
+
+        # a conversation's next turn (as the UI sends it) starts from the kept keys/values of the first
+        from omniplug.data.conversation import Turn
+        from omniplug.serve.uploads import InferOptions
+
+        scene = Image.open(image_path).convert("RGB")
+        first = service.answer([scene], "Describe the scene in many words.", InferOptions(max_new_tokens=8))
+        hits = service.pipeline.prefix_cache.hits
+        again = service.answer([scene], PROMPT, InferOptions(max_new_tokens=8),
+                               history=[Turn("user", "Describe the scene in many words.", images=1),
+                                        Turn("assistant", first.text)])
+        assert service.pipeline.prefix_cache.hits == hits + 1 and again.text == "It is [mask 1]."
     service.close()

@@ -8,7 +8,7 @@ only — every Linear (quanto qint8 / qint4; with 4 bits the LM head is qint8) a
 table (int8 rows); encoder, projectors and decoders stay fp32. Bytes are ``omniplug.llms.quant.weight_bytes``:
 the real storage of parameters and buffers, quantised tensors counted by their inner data and scales.
 
-Latency: the mixed requests of ``bench/infer/batch_throughput.py`` (caption, VQA, referring and
+Latency: the mixed requests of ``omniplug bench infer`` (``omniplug.eval.infer_bench.world_requests``: caption, VQA, referring and
 reasoning segmentation on world val scenes) answered one by one through ``Pipeline``; the variants
 alternate ``--repeats`` times and the minimum and median per-request time are reported. Agreement:
 share of those answers whose text equals fp32's, and the mean IoU of their masks with fp32's.
@@ -30,7 +30,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(REPO / "bench" / "infer"))
 
 VARIANTS = {"fp32": None, "int8": 8, "int4": 4}
 
@@ -54,11 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
-    from batch_throughput import world_requests
+    from omniplug.eval.infer_bench import world_requests
 
     from omniplug.build import build_model
     from omniplug.config import load_config
-    from omniplug.data.images import open_image
     from omniplug.data.world_tasks import ensure_split
     from omniplug.eval.world import HEADLINE, TASKS, evaluate_world
     from omniplug.infer.pipeline import Pipeline
@@ -82,11 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes[name]["llm_ratio"] = round(sizes[name]["llm"] / sizes["fp32"]["llm"], 4)
         sizes[name]["model_ratio"] = round(sizes[name]["model"] / sizes["fp32"]["model"], 4)
 
-    specs = world_requests(root, args.requests)
-    images = [open_image(s["image"]) if isinstance(s["image"], str) else s["image"] for s in specs]
+    specs = [request for _, request in world_requests(root, args.requests)]
 
     def answer(pipe):
-        return [pipe(im, s["prompt"], max_new_tokens=s["max_new_tokens"]) for im, s in zip(images, specs)]
+        return [pipe(r.images, r.prompt, max_new_tokens=r.options.max_new_tokens) for r in specs]
 
     answers = {name: answer(pipe) for name, pipe in pipes.items()}  # warm-up, kept for agreement
     runs: dict[str, list[float]] = {name: [] for name in pipes}

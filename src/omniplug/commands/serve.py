@@ -28,6 +28,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=d.concurrency,
                    help="requests answered at once: the rows of the running batch (continuous batching)")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help="requests waiting; beyond that 429")
+    p.add_argument("--prefix-cache-mb", type=float, default=d.prefix_cache_mb,
+                   help="keys/values of earlier prompts kept for a conversation's next turn (0: off; a 7B LLaVA "
+                        "needs ~300 MB per image prompt)")
     p.add_argument("--examples", choices=("auto", "world", "none"), default=d.examples,
                    help="example gallery: world images (auto: when the model was trained on the world)")
     p.add_argument("--device", default=None, help="e.g. cuda (default: CPU)")
@@ -52,7 +55,7 @@ def _settings(args: argparse.Namespace):
     return ServeSettings(host=args.host, port=args.port, auth=auth_from_env(args.auth), max_upload_mb=args.max_upload_mb,
                          max_pixels=args.max_pixels, max_images=args.max_images, max_new_tokens=args.max_new_tokens,
                          default_new_tokens=min(64, args.max_new_tokens), concurrency=args.concurrency,
-                         queue_size=args.queue_size, examples=args.examples)
+                         queue_size=args.queue_size, examples=args.examples, prefix_cache_mb=args.prefix_cache_mb)
 
 
 @command("serve", "web UI and HTTP API (POST /v1/infer) for a model, on 127.0.0.1 unless told otherwise")(_serve_args)

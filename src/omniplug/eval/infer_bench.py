@@ -12,7 +12,8 @@ it). Sections (each returns a dict; :func:`run` joins them and adds the headline
   val scenes, with the world eval's answer limits), sequential ``pipe(image, prompt)`` vs one
   ``pipe.batch(requests)`` through continuous batching with 8 slots; answers must be identical.
   Where the time goes (encoder, LLM prefill, LLM decode steps, decoders, collation) is timed for both.
-  -> ``batch8_speedup``.
+  -> ``batch8_speedup``. The full run repeats it on captions alone, where decoding dominates
+  (``batch8_speedup_captions``).
 * ``three_tasks`` — one image asked a caption, a question and a referring mask: the three as one
   group (the image encoded once, the shared prompt prefix prefilled once) vs each alone.
   -> ``three_tasks_one_image_ratio`` (three together / the mean of one alone).
@@ -22,7 +23,8 @@ it). Sections (each returns a dict; :func:`run` joins them and adds the headline
   -> ``overhead_vs_transformers`` (the larger of the two generate ratios at the model's size).
 * ``conversation`` — a second turn (a mask question after a caption, the first turn in its history)
   answered from the prefix cache (the image and the first turn's keys and values kept) vs from
-  scratch. -> ``second_turn_ratio``.
+  scratch (at the larger Llama too, with short answers: there prefill dominates).
+  -> ``second_turn_ratio``.
 * ``int8`` — ``quant_backend: torch_int8`` (int8 GEMMs) vs fp32: LLM weight bytes, sequential latency,
   the same answers, and (full run) the world eval's figures on both. -> ``int8_latency_ratio``.
 """
@@ -221,12 +223,14 @@ def bench_overhead(pipe: Pipeline, requests: list[tuple[str, Request]], *, repea
             "generated_tokens": sum(len(t) for t in g_out["omniplug"])}
 
 
-def bench_conversation(pipe: Pipeline, requests: list[tuple[str, Request]], *, turns: int, repeats: int) -> dict:
+def bench_conversation(pipe: Pipeline, requests: list[tuple[str, Request]], *, turns: int, repeats: int,
+                       first_tokens: int = LIMITS["caption"], second_tokens: int = LIMITS["referring"]) -> dict:
     """Turn 2 of ``turns`` conversations, with the prefix cache holding turn 1 vs without a prefix cache."""
     from omniplug.data.conversation import Turn
     from omniplug.infer.engine import PrefixCache
 
-    captions = [r for kind, r in requests if kind == "caption"][:turns]
+    captions = [Request(r.prompt, r.images, options=Options(max_new_tokens=first_tokens))
+                for kind, r in requests if kind == "caption"][:turns]
     referring = [r for kind, r in requests if kind == "referring"][:turns]
     cache = PrefixCache(max_mb=256)
     ratios, same = [], True
@@ -234,7 +238,7 @@ def bench_conversation(pipe: Pipeline, requests: list[tuple[str, Request]], *, t
         answer = Pipeline(pipe.model, markers=False, prefix_cache_mb=0).batch([first])[0].text
         second = Request(ask.prompt, first.images, history=[Turn("user", first.prompt, images=1),
                                                             Turn("assistant", answer)],
-                         options=Options(max_new_tokens=LIMITS["referring"]))
+                         options=Options(max_new_tokens=second_tokens))
 
         def cached():
             pipe.prefix_cache = cache
@@ -296,7 +300,8 @@ def _deltas(a: dict, b: dict, prefix: str = "") -> dict[str, float]:
         other = b.get(key)
         if isinstance(value, dict) and isinstance(other, dict):
             out.update(_deltas(value, other, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)) and isinstance(other, (int, float)) and 0 <= value <= 1 and key != "n":
+        elif isinstance(value, (int, float)) and isinstance(other, (int, float)) and 0 <= value <= 1 \
+                and key != "n" and not key.endswith("seconds"):
             out[f"{prefix}{key}"] = round(100 * (other - value), 2)
     return out
 
@@ -339,6 +344,9 @@ def run(config: str, *, quick: bool, world: str | Path, threads: int, larger: bo
     result: dict[str, Any] = {"quick": quick, "threads": threads, "repeats": repeats}
     progress("continuous batching vs sequential")
     result["batching"] = bench_batching(pipe, requests, repeats=repeats)
+    if not quick:  # where decoding dominates: captions only (~30-token answers)
+        captions = [(k, r) for k, r in world_requests(root, 4 * len(requests) // 3) if k == "caption"]
+        result["batching_captions"] = bench_batching(pipe, captions, repeats=repeats)
     partial(result)
     progress("three tasks of one image vs one")
     result["three_tasks"] = bench_three_tasks(pipe, requests, images=4 if quick else 12, repeats=repeats)
@@ -365,6 +373,8 @@ def run(config: str, *, quick: bool, world: str | Path, threads: int, larger: bo
                                                                  f"llm.{llm_entry}.quant_backend=torch_int8"],
                                             prefix_cache_mb=0)
             result["overhead"]["larger_llama"] = bench_overhead(big, requests, repeats=repeats)
+            result["conversation_larger_llama"] = bench_conversation(big, requests, turns=3, repeats=repeats,
+                                                                      first_tokens=8, second_tokens=4)
             result["int8"]["larger_llama"] = bench_int8(big, big_int8, requests[:8], repeats=repeats, world_dir=None,
                                                         eval_n=0)
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -379,11 +389,14 @@ def run(config: str, *, quick: bool, world: str | Path, threads: int, larger: bo
         "int8_latency_ratio": result["int8"]["model"]["latency_ratio"]["min"],
         "identical_outputs": all(result[k]["identical_outputs"] for k in ("batching", "three_tasks", "conversation")),
     }
+    if "batching_captions" in result:
+        result["headline"]["batch8_speedup_captions"] = result["batching_captions"]["speedup"]["min"]
     if "larger_llama" in result["overhead"]:
         big = result["overhead"]["larger_llama"]
         result["headline"]["overhead_vs_transformers_larger"] = max(big["forward_ratio"]["min"],
                                                                     big["generate_ratio"]["min"])
         result["headline"]["int8_latency_ratio_larger"] = result["int8"]["larger_llama"]["latency_ratio"]["min"]
+        result["headline"]["second_turn_ratio_larger"] = result["conversation_larger_llama"]["second_turn_ratio"]
     return result
 
 

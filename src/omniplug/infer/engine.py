@@ -5,7 +5,8 @@ answer has ended leaves at once and a waiting request takes its slot.
 and ``forward_cached``). Requests join as *groups* (a collated batch, ``admit``): the group's images go
 through the shared encoder together, its prompts are prefilled, and its rows join the running batch.
 Each ``step`` feeds every running row its last token; a row stops at its end-of-answer token or its own
-``max_new_tokens`` (one step later when the decoders need the hidden state of that last token). When
+``max_new_tokens`` (one step later when that last token is a decoder's trigger, whose hidden state the
+decoder reads). When
 every row of a group has stopped, the group's decoders run (``OneModel.finish_generation``) and
 ``step`` returns its ``Generation``.
 
@@ -164,6 +165,7 @@ class ContinuousBatcher:
         self.pad = model.tokenizer.pad_id if model.tokenizer.pad_id is not None else 0
         self.want_hidden = model.wants_hidden
         self.want_logits = model.wants_logits
+        self.trigger_tokens = {i for ids in model.trigger_ids.values() for i in ids}
         self.rows: list[_Row] = []
         self.cache: Any = None
         self.mask: Tensor | None = None  # (B, T) 1 = a real position
@@ -421,8 +423,9 @@ class ContinuousBatcher:
             row.logits.append(logits)
         eos = self.eos is not None and token == self.eos
         row.ended = eos or len(row.tokens) >= row.keep
-        # the decoders need the hidden state of the last kept token: one more step feeds it back
-        row.done = row.ended and (eos or not self.want_hidden)
+        # a decoder reads the hidden states of its trigger tokens: when the last kept token is one, one more step
+        # feeds it back; any other last token is never read
+        row.done = row.ended and (eos or not self.want_hidden or token not in self.trigger_tokens)
 
     def _drop_done(self) -> None:
         keep = [i for i, row in enumerate(self.rows) if not row.done]

@@ -78,7 +78,8 @@ class Service:
 
         start = time.perf_counter()
         try:
-            pipeline = Pipeline.from_config(self.config, self.overrides, device=self.device)
+            pipeline = Pipeline.from_config(self.config, self.overrides, device=self.device,
+                                            prefix_cache_mb=self.settings.prefix_cache_mb)
             self._warm_up(pipeline)
         except Exception as exc:  # the server stays up and says why it is not ready
             log.error("model failed to load: %s", traceback.format_exc())

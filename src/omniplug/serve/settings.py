@@ -25,6 +25,7 @@ class ServeSettings:
     default_new_tokens: int = 64
     concurrency: int = 8  # requests answered at once (rows of the running batch under continuous batching)
     queue_size: int = 8  # requests waiting beyond those; more are refused with 429
+    prefix_cache_mb: float = 64.0  # keys/values of earlier prompts and answers kept for later turns (0: off)
     examples: Literal["auto", "world", "none"] = "auto"  # auto: the world's examples for a model trained on it
     title: str = "omniplug"
 
@@ -35,6 +36,8 @@ class ServeSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.queue_size < 0:
             raise ValueError(f"queue_size must be >= 0, got {self.queue_size}")
+        if self.prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
         if not self.max_upload_mb > 0:
             raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
         if self.default_new_tokens > self.max_new_tokens:
