@@ -44,7 +44,9 @@ def _bench(args: argparse.Namespace) -> int:
                              larger=not args.no_larger, progress=say, partial=partial)
     from omniplug.eval.bench_record import record_header
 
-    record = {**record_header(repo=DEFAULT_CONFIG.parents[2], config=args.config, argv=[]), **result}
+    # the headline ratios at the top level too: `omniplug bench infer --quick --json | jq .batch8_speedup`
+    record = {**record_header(repo=DEFAULT_CONFIG.parents[2], config=args.config, argv=[]), **result["headline"],
+              **result}
     record["command"] = "omniplug " + " ".join(["bench", "infer"] + (["--quick"] if args.quick else [])
                                                 + ([f"--threads {args.threads}"] if args.threads != 2 else [])
                                                 + ([f"-c {args.config}"] if args.config != str(DEFAULT_CONFIG) else []))
