@@ -13,7 +13,7 @@ from .vocab import DEFAULT_HOLDOUT, SPLITS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="world_command", metavar="{generate,analyse,examples}", required=True)
+    sub = parser.add_subparsers(dest="world_command", metavar="{generate,clips,analyse,examples}", required=True)
     gen = sub.add_parser("generate", help="write a split of the procedural world in standard formats")
     gen.add_argument("--out", required=True, help="output directory (must be empty or absent)")
     gen.add_argument("--n", type=int, required=True, help="number of scenes")
@@ -30,6 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--workers", type=int, default=None,
                      help="processes rendering scenes (default: the usable cores, at most 8; 1 below 500 scenes); "
                           "the same files for any number")
+    clips = sub.add_parser("clips", help="write a split of the moving world: clips with per-frame masks, boxes, "
+                                          "centres, captions and questions")
+    clips.add_argument("--out", required=True, help="output directory (must be empty or absent)")
+    clips.add_argument("--n", type=int, required=True, help="number of clips")
+    clips.add_argument("--seed", type=int, default=0, help="master seed (clip i uses (seed, split, i))")
+    clips.add_argument("--split", choices=SPLITS, default="train",
+                       help="train/val/test never move a held-out colour-shape that way; holdout always does")
+    clips.add_argument("--frames", type=int, default=8, help="frames per clip (>= 2)")
+    clips.add_argument("--size", type=int, default=64, help="image side in pixels (>= 48)")
+    clips.add_argument("--overwrite", action="store_true", help="replace an existing clip split in --out")
+    clips.add_argument("--examples", default=None, metavar="STEM",
+                       help="instead of a split, draw --n clips to STEM.png (contact sheet) and STEM.gif (playing)")
     acc = sub.add_parser("analyse", help="measure the image analyser on freshly generated scenes")
     acc.add_argument("--n", type=int, default=500)
     acc.add_argument("--seed", type=int, default=0)
@@ -70,6 +82,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {summary.n} {summary.split} scenes to {summary.out_dir} in {summary.seconds:.1f}s "
                   f"({summary.scenes_per_second:.0f} scenes/s; {counts})")
             return 0
+        if args.world_command == "clips" and args.examples:
+            from .clips import write_clip_examples
+            png, gif = write_clip_examples(args.examples, n=args.n, seed=args.seed, split=args.split, config=config)
+            print(f"wrote {png} and {gif}")
+            return 0
+        if args.world_command == "clips":
+            from .clips import write_clips
+            summary = write_clips(out_dir=args.out, n=args.n, seed=args.seed, split=args.split, frames=args.frames,
+                                  config=config, overwrite=args.overwrite)
+            print(f"wrote {summary.n} {summary.split} clips of {summary.frames} frames to {summary.out_dir} in "
+                  f"{summary.seconds:.1f}s")
+            return 0
         if args.world_command == "analyse":
             from .analyser import measure_accuracy
             from .scene import sample_scene
@@ -84,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    raise ValueError(f"unknown world command {args.world_command!r}; available: generate, analyse, examples")
+    raise ValueError(f"unknown world command {args.world_command!r}; available: generate, clips, analyse, examples")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from .vocab import (
 
 # Stable integer codes folded into the RNG seed; never reorder.
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "holdout": 3}
-_STREAM_CODES = {"scene": 0, "language": 1, "generation": 2, "editing": 3}
+_STREAM_CODES = {"scene": 0, "language": 1, "generation": 2, "editing": 3, "clip": 4}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,130 @@
+"""The moving world: clips are valid in every frame, hold out their colour-shape-direction triples, say
+what moves, are written in standard formats that read back, and score perfectly from their own pixels
+(and not when played backwards or frozen)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from omniplug.data.world import WorldConfig
+from omniplug.data.world.clip_score import direction_of, ground_truth_frames, score_clip
+from omniplug.data.world.clips import read_clips, write_clips
+from omniplug.data.world.masks import decode_rle
+from omniplug.data.world.motion import (
+    DEFAULT_MOTION_HOLDOUT, clip_caption, generation_prompt, motion_questions, sample_clip, triple,
+    validate_motion_holdout,
+)
+from omniplug.data.world.scene import check_scene, inside_canvas
+
+CONFIG = WorldConfig()
+
+
+def test_clips_are_seeded_and_valid_in_every_frame():
+    assert sample_clip(config=CONFIG, seed=3, split="train", index=5) == sample_clip(config=CONFIG, seed=3,
+                                                                                     split="train", index=5)
+    seen = set()
+    for split in ("train", "holdout"):
+        for i in range(40):
+            clip = sample_clip(config=CONFIG, seed=0, split=split, index=i)
+            seen.add((split, clip.scene.objects, clip.motions))
+            assert 1 <= len(clip.motions) <= 2 and clip.frames == 8
+            for t in range(clip.frames):
+                frame = clip.frame(t)
+                assert all(inside_canvas(o, CONFIG.size) for o in frame.objects) and check_scene(frame, CONFIG)
+                for m in clip.motions:
+                    o0, ot = clip.scene.object(m.object_id), frame.object(m.object_id)
+                    assert (ot.x - o0.x, ot.y - o0.y) == (t * m.delta[0], t * m.delta[1])
+    assert len(seen) == 80  # no two clips alike
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        sample_clip(config=CONFIG, seed=0, split="train", index=0, frames=1)
+
+
+def test_motion_holdout_triples_move_only_in_the_holdout_split():
+    held = set(DEFAULT_MOTION_HOLDOUT)
+    for split in ("train", "val", "test"):
+        for i in range(60):
+            clip = sample_clip(config=CONFIG, seed=1, split=split, index=i)
+            assert not {triple(clip.mover(m), m.direction) for m in clip.motions} & held
+            assert all(clip.mover(m).category != "house" for m in clip.motions)
+    for i in range(20):
+        clip = sample_clip(config=CONFIG, seed=1, split="holdout", index=i)
+        assert triple(clip.mover(clip.motions[0]), clip.motions[0].direction) in held
+    with pytest.raises(ValueError, match="bad motion hold-out triple"):
+        validate_motion_holdout([("red", "circle", "sideways")])
+
+
+def test_language_says_what_moves_which_way():
+    for i in range(30):
+        clip = sample_clip(config=CONFIG, seed=2, split="train", index=i)
+        caption, prompt, questions = clip_caption(clip), generation_prompt(clip), motion_questions(clip)
+        assert caption.endswith(".") and caption[0].isupper() and prompt.startswith("Make a clip of ")
+        assert " a orange" not in caption.lower() and " a orange" not in prompt
+        for m, (question, answer) in zip(clip.motions, questions):
+            assert question.startswith("Which way does ") and answer == m.direction
+            o = clip.mover(m)
+            assert o.category in caption and (o.colour or "") in caption
+
+
+def test_true_frames_score_perfectly_and_reversed_or_frozen_ones_do_not():
+    for i in range(12):
+        clip = sample_clip(config=CONFIG, seed=4, split="val", index=i)
+        frames = ground_truth_frames(clip)
+        score = score_clip(frames, clip)
+        assert (score.frame_f1, score.motion_accuracy, score.consistency) == (1.0, 1.0, 1.0), (i, score)
+        assert score_clip(frames[::-1], clip).motion_accuracy == 0.0
+        frozen = score_clip([frames[0]] * clip.frames, clip)
+        assert frozen.motion_accuracy == 0.0 and set(frozen.directions) == {"stays"}
+    assert direction_of([(10, 10), None, (10.5, 14)], min_travel=2) == "down"
+    assert direction_of([(10, 10), None], min_travel=2) is None
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        score_clip(frames[:1], clip)
+
+
+def test_written_split_is_standard_and_reads_back(tmp_path):
+    out = tmp_path / "clips_val"
+    summary = write_clips(out_dir=out, n=6, seed=7, split="val")
+    assert summary.n == 6 and json.loads((out / "meta.json").read_text())["kind"] == "clips"
+    data = json.loads((out / "clips.json").read_text())
+    assert len(data["videos"]) == 6 and {c["name"] for c in data["categories"]} >= {"circle", "car"}
+    clips = read_clips(out)
+    assert clips == [sample_clip(config=CONFIG, seed=7, split="val", index=i) for i in range(6)]
+    video = data["videos"][0]
+    frames = ground_truth_frames(clips[0])
+    for t, name in enumerate(video["file_names"]):
+        assert np.array_equal(np.asarray(Image.open(out / name)), frames[t])
+    with Image.open(out / video["gif"]) as gif:
+        assert gif.n_frames == 8
+    anns = [a for a in data["annotations"] if a["video_id"] == video["id"]]
+    assert len(anns) == len(clips[0].scene.objects) and sum(a["moving"] for a in anns) == len(clips[0].motions)
+    for ann in anns:
+        assert len(ann["segmentations"]) == len(ann["bboxes"]) == len(ann["centres"]) == 8
+        mask = decode_rle(ann["segmentations"][3])
+        assert mask.sum() == ann["areas"][3] and ann["centres"][3] == [clips[0].frame(3).object(ann["object_id"]).x,
+                                                                        clips[0].frame(3).object(ann["object_id"]).y]
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_clips(out_dir=out, n=2, split="val")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="something other than a clip split"):
+        write_clips(out_dir=tmp_path / "other", n=2, overwrite=True)
+    assert (tmp_path / "other" / "keep.txt").read_text() == "mine"
+
+
+def test_world_clips_cli(tmp_path, capsys):
+    from omniplug.cli import main
+
+    assert main(["world", "clips", "--out", str(tmp_path / "c"), "--n", "3", "--split", "holdout"]) == 0
+    assert "wrote 3 holdout clips of 8 frames" in capsys.readouterr().out
+    assert main(["world", "clips", "--out", str(tmp_path / "x"), "--n", "3", "--examples", str(tmp_path / "ex")]) == 0
+    with Image.open(tmp_path / "ex.gif") as gif:
+        assert gif.n_frames == 8
+    assert Image.open(tmp_path / "ex.png").size[1] > 3 * 128 and not (tmp_path / "x").exists()
+    assert main(["world", "clips", "--out", str(tmp_path / "d"), "--n", "3", "--frames", "1"]) == 2
+    assert "at least 2 frames" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a clip split"):
+        main(["world", "generate", "--out", str(tmp_path / "img"), "--n", "2", "--no-progress"])
+        read_clips(tmp_path / "img")
