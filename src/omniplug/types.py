@@ -164,5 +164,6 @@ class Response:
     images: list[Any] = field(default_factory=list)  # PIL images
     boxes: list[Box] = field(default_factory=list)
     actions: list[Any] = field(default_factory=list)
+    videos: list[list[Any]] = field(default_factory=list)  # clips: each a list of PIL frames
     timings: dict[str, float] = field(default_factory=dict)
     extra: dict[str, list[Any]] = field(default_factory=dict)  # outputs of decoders of other kinds

@@ -80,6 +80,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  overlay -> {record['overlay']}")
     for path in record["images"]:
         print(f"  image -> {path}")
+    for clip in record.get("videos", []):
+        print(f"  clip -> {clip['gif']} ({clip['frames']} frames; contact sheet {clip['sheet']}"
+              + (f", {clip['mp4']}" if clip["mp4"] else "") + ")")
     if record.get("boxes_image"):
         print(f"  boxes -> {record['boxes_image']}")
     print("  timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in response.timings.items()))

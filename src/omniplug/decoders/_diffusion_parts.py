@@ -84,6 +84,62 @@ def load_parts(path: str, *, vae: str | None, scheduler: str | None, text_encode
                           text_encoder=te, text_tokenizer=tok)
 
 
+def load_motion_parts(path: str, *, vae: str | None, scheduler: str | None, dtype: torch.dtype,
+                      from_scratch: bool = False) -> DiffusionParts:
+    """A video folder: ``unet/`` (a ``UNetMotionModel``; or a ``UNet2DConditionModel`` with ``motion_adapter/``, which
+    AnimateDiff combines with ``UNetMotionModel.from_unet2d``), ``vae/`` (absent for pixel space), ``scheduler/``."""
+    import diffusers
+
+    what = "decoder video_diffusion"
+    root = local_checkpoint(path, what=what, must_contain=("unet", "scheduler"))
+
+    def load(cls, folder: Path):
+        if from_scratch:
+            model = cls.from_config(dict(cls.load_config(str(folder))))
+            return model if dtype == torch.float32 else model.to(dtype)
+        return load_pretrained(cls, folder, torch_dtype=dtype)
+
+    unet_dir = _sub(root, "unet", what)
+    class_name = json.loads((unet_dir / "config.json").read_text()).get("_class_name", "")
+    if class_name == "UNetMotionModel":
+        unet = load(diffusers.UNetMotionModel, unet_dir)
+    else:
+        adapter = load(diffusers.MotionAdapter, _sub(root, "motion_adapter", what,
+                                                     hint="a 2D UNet needs an AnimateDiff motion adapter beside it"))
+        unet = diffusers.UNetMotionModel.from_unet2d(load(diffusers.UNet2DConditionModel, unet_dir), adapter)
+    vae_model = None
+    if vae is not None:
+        vae_model = load(diffusers.AutoencoderKL, _sub(root, vae, what, hint="or set vae: none for a pixel-space UNet"))
+    sched_cls, sched_config = _scheduler(root / "scheduler", scheduler)
+    return DiffusionParts(unet=unet, vae=vae_model, scheduler_config=sched_config, scheduler_class=sched_cls,
+                          text_encoder=None, text_tokenizer=None)
+
+
+def vae_encode(vae: nn.Module | None, pixels: torch.Tensor, *, sample: bool, patch: int = 1) -> torch.Tensor:
+    """Pixels in [-1, 1] -> scaled latents (no VAE: the pixels, folded into ``3 * patch**2`` channels)."""
+    import torch.nn.functional as F
+
+    if vae is None:
+        return F.pixel_unshuffle(pixels, patch) if patch > 1 else pixels
+    dist = vae.encode(pixels).latent_dist
+    z = dist.sample() if sample else dist.mode()
+    shift = vae.config.shift_factor
+    return (z - shift if shift else z) * vae.config.scaling_factor
+
+
+def vae_decode(vae: nn.Module | None, latents: torch.Tensor, *, patch: int = 1) -> torch.Tensor:
+    """Scaled latents -> pixels in [0, 1]."""
+    import torch.nn.functional as F
+
+    if vae is None and patch > 1:
+        latents = F.pixel_shuffle(latents, patch)
+    if vae is not None:
+        z = latents / vae.config.scaling_factor
+        shift = vae.config.shift_factor
+        latents = vae.decode(z + shift if shift else z).sample
+    return (latents / 2 + 0.5).clamp(0, 1)
+
+
 def _sub(root: Path, name: str, what: str, *, hint: str = "") -> Path:
     p = root / name
     if not p.is_dir():
@@ -135,3 +191,65 @@ def step_kwargs(scheduler: Any, *, eta: float, generator: Any) -> dict[str, Any]
     if "generator" in params:
         kwargs["generator"] = generator
     return kwargs
+
+
+# --- pieces both diffusion decoders (image and video) use ----------------------------------------------------
+def noised(train_scheduler: Any, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training draw: (noisy latents, timesteps, what the UNet should predict for them: the noise, the
+    clean latents or v, per the schedule's ``prediction_type``)."""
+    noise = torch.randn_like(latents)
+    steps = torch.randint(0, train_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+    noisy = train_scheduler.add_noise(latents, noise, steps)
+    kind = train_scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return noisy, steps, train_scheduler.get_velocity(latents, noise, steps)
+    return noisy, steps, {"epsilon": noise, "sample": latents}[kind]
+
+
+def drop_condition(cond: torch.Tensor, uncond: torch.Tensor, p: float) -> torch.Tensor:
+    """Classifier-free guidance training: each row's conditioning replaced by ``uncond`` with probability ``p``."""
+    if p <= 0:
+        return cond
+    drop = torch.rand(cond.shape[0], device=cond.device) < p
+    return torch.where(drop[:, None, None], uncond.to(cond.dtype).expand_as(cond), cond)
+
+
+def generators(seeds: list[int | None]) -> list[torch.Generator]:
+    """One CPU generator per row (a None seed draws a fresh one), as diffusers' pipelines take a list."""
+    return [torch.Generator("cpu").manual_seed(int(torch.seed()) if s is None else s) for s in seeds]
+
+
+def guided(pred: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance on a prediction for [unconditional; conditional] rows."""
+    uncond_pred, cond_pred = pred.chunk(2)
+    return uncond_pred + guidance * (cond_pred - uncond_pred)
+
+
+def pixels(image: Any, width: int, height: int) -> torch.Tensor:
+    """A PIL image or (H, W, 3) uint8 array -> (3, height, width) in [-1, 1] (bicubic resize when needed)."""
+    import numpy as np
+    from PIL import Image
+
+    im = Image.fromarray(np.asarray(image, dtype=np.uint8)) if isinstance(image, np.ndarray) else image
+    im = im.convert("RGB")
+    if im.size != (width, height):
+        im = im.resize((width, height), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+
+
+def prediction_type(config: dict[str, Any], wanted: str | None, *, from_scratch: bool, what: str, path: str) -> None:
+    """Set what a from-scratch UNet predicts (a checkpoint's is fixed: a different wish is a config error)."""
+    if wanted is None:
+        return
+    trained = config.get("prediction_type", "epsilon")
+    if not from_scratch and wanted != trained:
+        raise ConfigError(f"{what}: {path} was trained to predict {trained!r}; prediction_type {wanted!r} only applies "
+                          f"to a UNet trained from scratch (from_scratch: true)")
+    config["prediction_type"] = wanted
+
+
+def check_steps_and_guidance(steps: int, guidance: float) -> None:
+    if steps <= 0:
+        raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
+    if guidance < 0:
+        raise ValueError(f"guidance_scale must be >= 0 (1 or less turns guidance off), got {guidance}")

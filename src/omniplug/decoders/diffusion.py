@@ -159,12 +159,9 @@ class DiffusionDecoder(Decoder):
                              pooled_conditioning=pooled_conditioning)
         self.unet, self.vae, self.text_encoder, self.text_tokenizer = p.unet, p.vae, p.text_encoder, p.text_tokenizer
         self._scheduler_class, self._scheduler_config = p.scheduler_class, dict(p.scheduler_config)
-        if prediction_type is not None:  # what the UNet predicts; a from-scratch UNet may pick it (a checkpoint's is fixed)
-            if not from_scratch and prediction_type != self._scheduler_config.get("prediction_type", "epsilon"):
-                raise ConfigError(f"decoder diffusion: {model_name_or_path} was trained to predict "
-                                  f"{self._scheduler_config.get('prediction_type', 'epsilon')!r}; prediction_type "
-                                  f"{prediction_type!r} only applies to a UNet trained from scratch (from_scratch: true)")
-            self._scheduler_config["prediction_type"] = prediction_type
+        # what the UNet predicts; a from-scratch UNet may pick it (a checkpoint's is fixed)
+        parts.prediction_type(self._scheduler_config, prediction_type, from_scratch=from_scratch,
+                              what="decoder diffusion", path=model_name_or_path)
         self._train_scheduler = parts.training_scheduler(self._scheduler_config)
         ucfg = self.unet.config
         if ucfg.time_cond_proj_dim is not None or ucfg.addition_embed_type is not None:
@@ -227,10 +224,7 @@ class DiffusionDecoder(Decoder):
                 ok = max(self.vae_factor, size // self.vae_factor * self.vae_factor)
                 raise ValueError(f"{name}={size} is not a positive multiple of the VAE factor {self.vae_factor}; "
                                  f"use e.g. {ok} or {ok + self.vae_factor}")
-        if steps <= 0:
-            raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
-        if guidance < 0:
-            raise ValueError(f"guidance_scale must be >= 0 (1 or less turns guidance off), got {guidance}")
+        parts.check_steps_and_guidance(steps, guidance)
 
     def _check_text_encoder(self) -> None:
         width = getattr(self.text_encoder.config, "hidden_size", None)
@@ -290,11 +284,7 @@ class DiffusionDecoder(Decoder):
                               focus=focus)
 
     def _pixels(self, image: Image.Image | np.ndarray) -> Tensor:
-        im = Image.fromarray(np.asarray(image, dtype=np.uint8)) if isinstance(image, np.ndarray) else image
-        im = im.convert("RGB")
-        if im.size != (self.width, self.height):
-            im = im.resize((self.width, self.height), Image.Resampling.BICUBIC)
-        return torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+        return parts.pixels(image, self.width, self.height)
 
     def _mask(self, mask: Any, size: tuple[int, int] | None = None) -> Tensor:
         """(1, H, W) float {0,1} at ``size`` (h, w), default the decoder's size."""
@@ -322,20 +312,11 @@ class DiffusionDecoder(Decoder):
         pixels = torch.stack([t.pixels for t in targets]).to(device, dtype)
         with torch.no_grad():
             latents = self.encode(pixels, sample=True)
-        noise = torch.randn_like(latents)
-        steps = torch.randint(0, self._train_scheduler.config.num_train_timesteps, (len(targets),), device=device)
-        noisy = self._train_scheduler.add_noise(latents, noise, steps)
+        noisy, steps, target = parts.noised(self._train_scheduler, latents)
         if self.inpainting:
             noisy = torch.cat([noisy, *self._inpaint_inputs(targets, device, dtype)], dim=1)
-        hidden = cond
-        if self.training and self.cond_dropout > 0:
-            drop = torch.rand(len(targets), device=device) < self.cond_dropout
-            hidden = torch.where(drop[:, None, None], self.uncond.to(cond.dtype).expand_as(cond), cond)
+        hidden = parts.drop_condition(cond, self.uncond, self.cond_dropout if self.training else 0.0)
         pred = self.predict(noisy, steps, hidden.to(dtype))
-        kind = self._train_scheduler.config.prediction_type
-        target = {"epsilon": noise, "sample": latents}.get(kind)
-        if kind == "v_prediction":
-            target = self._train_scheduler.get_velocity(latents, noise, steps)
         weights = self._focus_weights(targets, pred.shape[-2:], device)
         if weights is None:
             error = F.mse_loss(pred.float(), target.float())
@@ -420,22 +401,11 @@ class DiffusionDecoder(Decoder):
     def encode(self, pixels: Tensor, *, sample: bool) -> Tensor:
         """Pixels in [-1, 1] -> scaled latents (pixel-space UNets: the pixels, folded into
         ``3 * patch_size**2`` channels when ``patch_size`` > 1)."""
-        if self.vae is None:
-            return F.pixel_unshuffle(pixels, self.patch) if self.patch > 1 else pixels
-        dist = self.vae.encode(pixels).latent_dist
-        z = dist.sample() if sample else dist.mode()
-        shift = self.vae.config.shift_factor
-        return (z - shift if shift else z) * self.vae.config.scaling_factor
+        return parts.vae_encode(self.vae, pixels, sample=sample, patch=self.patch)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Scaled latents -> pixels in [0, 1]."""
-        if self.vae is None and self.patch > 1:
-            latents = F.pixel_shuffle(latents, self.patch)
-        if self.vae is not None:
-            z = latents / self.vae.config.scaling_factor
-            shift = self.vae.config.shift_factor
-            latents = self.vae.decode(z + shift if shift else z).sample
-        return (latents / 2 + 0.5).clamp(0, 1)
+        return parts.vae_decode(self.vae, latents, patch=self.patch)
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """(len(texts), seq_len, D): the text encoder's last hidden states, padded to seq_len tokens."""
@@ -462,7 +432,7 @@ class DiffusionDecoder(Decoder):
         m = embeddings.shape[0]
         device, dtype = embeddings.device, self.unet.dtype
         seeds = seeds or [self.seed] * m
-        generators = [torch.Generator("cpu").manual_seed(int(torch.seed()) if s is None else s) for s in seeds]
+        generators = parts.generators(seeds)
 
         scheduler = parts.new_scheduler(self._scheduler_class, self._scheduler_config)
         scheduler.set_timesteps(steps, device=device)
@@ -497,9 +467,7 @@ class DiffusionDecoder(Decoder):
             if self.inpainting:
                 x = torch.cat([x, *extra_inputs], dim=1)
             noise_pred = self.predict(x, t, cond)
-            if cfg:
-                uncond_pred, cond_pred = noise_pred.chunk(2)
-                noise_pred = uncond_pred + guidance * (cond_pred - uncond_pred)
+            noise_pred = parts.guided(noise_pred, guidance) if cfg else noise_pred
             latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
             if blend:
                 known = source_latents

@@ -75,7 +75,7 @@ ImageLike = Union[Image.Image, str, Path]
 MAX_NEW_TOKENS_CAP = 512
 MAX_TASK_TOKENS_CAP = 64
 
-_MARKER_NAMES = {"masks": "mask", "images": "image", "boxes": "box", "actions": "action"}
+_MARKER_NAMES = {"masks": "mask", "images": "image", "boxes": "box", "actions": "action", "videos": "clip"}
 _LABEL = re.compile(r"([^\s,.;:!?][^,.;:!?]*?)\s*:\s*$")
 
 
@@ -410,7 +410,7 @@ class Pipeline:
                 response.masks.extend(items)
             elif kind == "boxes":  # each <det> gives a list of boxes (possibly none)
                 response.boxes.extend(box for boxes in items for box in boxes)
-            elif kind in ("images", "actions"):
+            elif kind in ("images", "actions", "videos"):
                 getattr(response, kind).extend(items)
             else:
                 response.extra.setdefault(task, []).extend(items)

@@ -184,10 +184,43 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def clip_sheet(frames: list[Image.Image], *, min_side: int = 128) -> Image.Image:
+    """A clip's frames left to right, each enlarged to at least ``min_side`` pixels (nearest neighbour)."""
+    w, h = frames[0].size
+    zoom = max(1, -(-min_side // min(w, h)))
+    sheet = Image.new("RGB", (len(frames) * (w * zoom + 2) - 2, h * zoom), "white")
+    for t, frame in enumerate(frames):
+        sheet.paste(frame.convert("RGB").resize((w * zoom, h * zoom), Image.Resampling.NEAREST), (t * (w * zoom + 2), 0))
+    return sheet
+
+
+def save_clip(frames: list[Image.Image], stem: Path, *, ms_per_frame: int = 125) -> dict[str, Any]:
+    """``<stem>.gif`` (plays in any browser), ``<stem>.png`` (contact sheet) and ``<stem>.mp4`` when an MP4
+    encoder is installed (imageio with imageio-ffmpeg); returns their paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    frames = [f.convert("RGB") for f in frames]
+    gif, sheet = stem.with_suffix(".gif"), stem.with_suffix(".png")
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=ms_per_frame, loop=0)
+    clip_sheet(frames).save(sheet)
+    mp4 = None
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (the MP4 writer imageio needs)
+    except ImportError:
+        pass
+    else:
+        mp4 = stem.with_suffix(".mp4")
+        side = [(-(-s // 16)) * 16 for s in frames[0].size]  # codecs want sizes in multiples of 16
+        imageio.mimwrite(mp4, [np.asarray(f.resize(side, Image.Resampling.NEAREST)) for f in frames],
+                         fps=max(1, round(1000 / ms_per_frame)))
+    return {"gif": str(gif), "sheet": str(sheet), "mp4": str(mp4) if mp4 else None, "frames": len(frames)}
+
+
 def save_response(response: Response, image: Image.Image | None, out_dir: str | Path) -> dict[str, Any]:
     """Write every output of ``response`` into ``out_dir`` and return what ``response.json`` holds:
     ``mask_<i>.png``, ``overlay.png`` and ``overlay_labelled.png`` (masks on ``image``, the request's
-    first image), ``image_<i>.png`` (generated images), ``boxes.png`` (boxes drawn on ``image``)."""
+    first image), ``image_<i>.png`` (generated images), ``boxes.png`` (boxes drawn on ``image``),
+    ``clip_<i>.gif`` / ``.png`` (+ ``.mp4``) for generated clips (:func:`save_clip`)."""
     out = Path(out_dir).expanduser()
     saved, overlay_path = save_masks(response.masks, image if response.masks else None, out)
     labelled_path = None
@@ -198,6 +231,7 @@ def save_response(response: Response, image: Image.Image | None, out_dir: str | 
     for i, generated in enumerate(response.images, start=1):
         image_paths.append(out / f"image_{i}.png")
         generated.save(image_paths[-1])
+    videos = [save_clip(frames, out / f"clip_{i}") for i, frames in enumerate(response.videos, start=1)]
     boxes_path = None
     boxes = [dict(zip(("box", "label", "score"), box_parts(b))) for b in response.boxes]
     if response.boxes and image is not None:
@@ -213,6 +247,7 @@ def save_response(response: Response, image: Image.Image | None, out_dir: str | 
         "boxes": jsonable(boxes),
         "boxes_image": str(boxes_path) if boxes_path else None,
         "actions": jsonable(response.actions),
+        "videos": videos,
         "extra": jsonable(response.extra),
         "timings": {k: round(v, 4) for k, v in response.timings.items()},
     }

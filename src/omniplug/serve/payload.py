@@ -36,10 +36,18 @@ class ImageOut(BaseModel):
     png: str = Field(description="base64 PNG of a generated image")
 
 
+class VideoOut(BaseModel):
+    frames: int
+    width: int
+    height: int
+    gif: str = Field(description="base64 animated GIF of a generated clip")
+
+
 class InferResponse(BaseModel):
     text: str = Field(description="the answer; [mask 1], [image 1], ... stand where each output was produced")
     masks: list[MaskOut] = []
     images: list[ImageOut] = []
+    videos: list[VideoOut] = []
     boxes: list[BoxOut] = []
     actions: list[Any] = []
     extra: dict[str, list[Any]] = Field(default_factory=dict, description="outputs of decoders of other kinds")
@@ -66,6 +74,13 @@ def png_base64(image: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def gif_base64(frames: list[Image.Image], *, ms_per_frame: int = 125) -> str:
+    buf = io.BytesIO()
+    frames = [f.convert("RGB") for f in frames]
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=ms_per_frame, loop=0)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def to_payload(response: Response) -> InferResponse:
     masks = []
     for m in response.masks:
@@ -73,10 +88,12 @@ def to_payload(response: Response) -> InferResponse:
         masks.append(MaskOut(label=m.label, score=float(m.score), area=int(pixels.sum()), width=int(pixels.shape[1]),
                              height=int(pixels.shape[0]), png=png_base64(mask_image(m))))
     images = [ImageOut(width=im.width, height=im.height, png=png_base64(im)) for im in response.images]
+    videos = [VideoOut(frames=len(clip), width=clip[0].width, height=clip[0].height, gif=gif_base64(clip))
+              for clip in response.videos]
     boxes = []
     for b in response.boxes:
         xyxy, label, score = box_parts(b)
         boxes.append(BoxOut(box=[round(v, 2) for v in xyxy], label=label, score=1.0 if score is None else round(score, 4)))
-    return InferResponse(text=response.text, masks=masks, images=images, boxes=boxes,
+    return InferResponse(text=response.text, masks=masks, images=images, videos=videos, boxes=boxes,
                          actions=jsonable(response.actions), extra=jsonable(response.extra),
                          timings={k: round(float(v), 6) for k, v in response.timings.items()})

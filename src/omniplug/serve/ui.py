@@ -16,7 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from omniplug.data.conversation import Turn
-from omniplug.infer.render import draw_boxes, labelled_overlay, mask_image, overlay
+from omniplug.infer.render import draw_boxes, labelled_overlay, mask_image, overlay, save_clip
 from omniplug.types import Response
 
 from .errors import RequestError
@@ -72,6 +72,9 @@ class OutputFiles:
         for i, generated in enumerate(response.images, start=1):
             paths.append(out / f"image_{i}.png")
             generated.save(paths[-1])
+        for i, frames in enumerate(response.videos, start=1):  # a GIF plays in the gallery; the sheet shows every frame
+            saved = save_clip(frames, out / f"clip_{i}")
+            paths += [Path(saved["gif"]), Path(saved["sheet"])] + ([Path(saved["mp4"])] if saved["mp4"] else [])
         paths.append(out / "response.json")
         paths[-1].write_text(to_payload(response).model_dump_json(indent=2))
         return [str(p) for p in paths]
@@ -121,8 +124,11 @@ def build_ui(service: Service, settings: ServeSettings, examples: list[Example])
         shown = shown_outputs(first, response)
         timings = {k: round(v, 4) for k, v in response.timings.items()}
         outputs = [f"{len(response.masks)} mask(s)", f"{len(response.boxes)} box(es)", f"{len(response.images)} image(s)"]
+        outputs += [f"{len(response.videos)} clip(s)"] if response.videos else []
+        downloads = files.write(response, first)
+        gallery = list(response.images) + [p for p in downloads if p.endswith(".gif")]
         status = f"Answered in {timings.get('total', 0.0):.2f} s: " + ", ".join(outputs) + "."
-        return (gr.update(value=None), conv.messages, conv, shown, list(response.images), files.write(response, first),
+        return (gr.update(value=None), conv.messages, conv, shown, gallery, downloads,
                 timings, status)
 
     def clear():

@@ -1,0 +1,120 @@
+"""Decoder ``video_diffusion`` (issue 25, part 2) on a tiny AnimateDiff-layout checkpoint: parity with diffusers'
+own ``AnimateDiffPipeline``, the video loss trains through one_model, bad settings fail clearly, and a clip comes
+out of ``omniplug infer`` (GIF + contact sheet), the API payload and the pipeline's Response."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omniplug.config.schema import ConfigError
+from omniplug.decoders.video_diffusion import ClipTarget, VideoDiffusionDecoder
+from omniplug.types import DecoderInput
+
+PREFIX = "<vid_0><vid_1><vid_2><vid_3>"
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny_dir):
+    torch.manual_seed(0)
+    return VideoDiffusionDecoder(model_name_or_path=str(tiny_dir / "vid"), num_frames=8, num_inference_steps=3,
+                                 guidance_scale=2.0).eval()
+
+
+def test_sampling_matches_diffusers_animatediff_pipeline(decoder):
+    from diffusers import AnimateDiffPipeline
+
+    with torch.no_grad():
+        decoder.uncond.copy_(torch.randn_like(decoder.uncond) * 0.1)  # a non-trivial unconditional embedding
+    pipe = AnimateDiffPipeline(vae=decoder.vae, text_encoder=None, tokenizer=None, unet=decoder.unet,
+                               motion_adapter=None, scheduler=decoder._scheduler_class.from_config(decoder._scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    emb = torch.randn(1, decoder.seq_len, decoder.prompt_dim)
+    ours = decoder.sample(emb, seeds=[5])
+    theirs = pipe(prompt_embeds=emb, negative_prompt_embeds=decoder.uncond[None].detach(), num_frames=8, height=64,
+                  width=64, num_inference_steps=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(5),
+                  output_type="pt").frames
+    assert ours.shape == theirs.shape == (1, 8, 3, 64, 64)
+    assert (ours - theirs).abs().max().item() < 1e-5  # pixels in [0, 1]
+
+
+def test_loss_backward_and_bad_settings(decoder, tiny_dir):
+    clips = [[Image.new("RGB", (64, 64), (40 * t, 80, 200)) for t in range(8)] for _ in range(2)]
+    targets = [decoder.prepare_target(ClipTarget(frames=c), None) for c in clips]
+    assert targets[0].shape == (8, 3, 64, 64)
+    decoder.train()
+    decoder.unet.requires_grad_(True)
+    prompts = torch.randn(2, decoder.seq_len, decoder.prompt_dim, requires_grad=True)
+    out = decoder(DecoderInput(prompts=prompts, batch_index=torch.tensor([0, 1]), batch_size=2))
+    loss = decoder.loss(out, targets)["video"]
+    loss.backward()
+    assert torch.isfinite(loss) and prompts.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.unet.parameters())
+    decoder.eval()
+    with pytest.raises(ValueError, match="has 3 frames but the decoder makes 8"):
+        decoder.prepare_target(ClipTarget(frames=clips[0][:3]), None)
+    with pytest.raises(ValueError, match="expects \\(4, 32\\)"):
+        decoder(DecoderInput(prompts=torch.randn(1, 5, 32), batch_index=torch.tensor([0]), batch_size=1))
+    with pytest.raises(ValueError, match="num_inference_steps must be >= 1"):
+        decoder.sample(torch.randn(1, 4, 32), num_inference_steps=0)
+    with pytest.raises(ValueError, match="num_frames must be 1..16"):
+        decoder.sample(torch.randn(1, 4, 32), num_frames=40)
+    with pytest.raises(ValueError, match="height=60 must be a positive multiple of 16"):
+        decoder.sample(torch.randn(1, 4, 32), height=60)
+    with pytest.raises(ConfigError, match="num_frames must be 1..16"):
+        VideoDiffusionDecoder(model_name_or_path=str(tiny_dir / "vid"), num_frames=24)
+    with pytest.raises(ConfigError, match="no unet"):
+        VideoDiffusionDecoder(model_name_or_path=str(tiny_dir / "clips_data"))
+
+
+def test_the_video_loss_falls_inside_one_model(tiny_dir, tmp_path):
+    """20 steps of vid.yaml (world clips, the whole model): the decoder's loss on a fixed batch and noise falls."""
+    from omniplug.build import build_model
+    from omniplug.cli import main
+    from omniplug.data.clip_generation import ClipGeneration
+    from omniplug.data.collate import Collator
+
+    overrides = [f"trainer.output_dir={tmp_path / 'run'}", "trainer.iters_per_epoch=20", "trainer.log_every=20"]
+
+    def fixed_loss(weights: str | None) -> float:
+        model = build_model(tiny_dir / "vid.yaml", ([f"one_model.weights={weights}"] if weights else []))
+        model.eval()
+        samples = [ClipGeneration(data_dir=str(tiny_dir / "clips_data"))[i] for i in range(4)]
+        batch = Collator(model)(samples)
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return float(model(batch).decoder_losses["vid/video"])
+
+    before = fixed_loss(None)
+    assert main(["train", "-c", str(tiny_dir / "vid.yaml"), *overrides]) == 0
+    after = fixed_loss(str(tmp_path / "run" / "checkpoints" / "step_000020"))
+    assert after < 0.8 * before, (before, after)
+
+
+def test_a_clip_comes_out_of_infer_the_response_and_the_api_payload(tiny_dir, tmp_path, capsys):
+    from omniplug.cli import main
+    from omniplug.infer.pipeline import Pipeline
+    from omniplug.serve.payload import to_payload
+
+    out = tmp_path / "out"
+    assert main(["infer", "-c", str(tiny_dir / "vid.yaml"), "--prompt", "Make a clip of a red circle moving left.",
+                 "--answer-prefix", PREFIX, "--max-new-tokens", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[clip 1]" in printed and "clip -> " in printed
+    with Image.open(out / "clip_1.gif") as gif:
+        assert gif.n_frames == 8 and gif.size == (64, 64)
+    assert Image.open(out / "clip_1.png").size[0] >= 8 * 128
+    pipe = Pipeline.from_config(str(tiny_dir / "vid.yaml"))
+    response = pipe([], "Make a clip of a blue square falling.", answer_prefix=PREFIX, max_new_tokens=1)
+    assert len(response.videos) == 1 and len(response.videos[0]) == 8 and response.text.startswith("[clip 1]")
+    payload = to_payload(response)
+    assert payload.videos[0].frames == 8
+    with Image.open(io.BytesIO(base64.b64decode(payload.videos[0].gif))) as gif:
+        assert gif.n_frames == 8
+        first = np.asarray(gif.convert("RGB"))
+    assert first.shape == (64, 64, 3)
