@@ -91,6 +91,21 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.env:
         return _run_env(args, cfg)
+    if args.data and not args.world:
+        from omniplug.eval.video import evaluate_clips, is_clip_split
+
+        if is_clip_split(args.data):  # clips of the moving world: generate each prompt's clip and read it back
+            model = build_model(cfg)
+            if args.device:
+                model.to(args.device)
+            report = {Path(args.data).name: evaluate_clips(model, args.data, n=args.max_samples or 100,
+                                                           batch_size=args.batch_size or cfg.trainer.batch_size_eval)}
+            if args.out:
+                Path(args.out).expanduser().write_text(json.dumps(report, indent=2))
+            print(json.dumps(report, indent=2) if args.json else "\n".join(
+                f"{name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+                for name, row in report.items()))
+            return 0
     if args.data and not args.world and is_world_split(args.data):
         args.world = args.data
     if not (args.world or args.data) and cfg.data.world_eval:

@@ -19,6 +19,7 @@ PIL images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -34,6 +35,7 @@ from omniplug.decoders import _diffusion_parts as parts
 from omniplug.decoders.diffusion import to_pil
 from omniplug.registry import DECODERS
 from omniplug.types import DecoderInput, DecoderOutput
+from omniplug.weights.hf_local import exported_entry
 
 
 @dataclass
@@ -121,6 +123,17 @@ class VideoDiffusionDecoder(Decoder):
                 raise ValueError(f"{name}={size} must be a positive multiple of {step} (VAE factor {self.vae_factor} x "
                                  f"{self._halvings}, the UNet's down blocks)")
         parts.check_steps_and_guidance(steps, guidance)
+
+    def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str) -> dict[str, Any]:
+        """An AnimateDiff-layout folder: ``unet/`` (the whole ``UNetMotionModel``), ``vae/`` (when there is one) and
+        ``scheduler/`` (the noise schedule trained with, prediction type included)."""
+        self.unet.save_pretrained(str(directory / "unet"))
+        changes: dict[str, Any] = {"vae": None}
+        if self.vae is not None:
+            self.vae.save_pretrained(str(directory / "vae"))
+            changes["vae"] = "vae"
+        parts.new_scheduler(self._scheduler_class, self._scheduler_config).save_pretrained(str(directory / "scheduler"))
+        return exported_entry(entry, ref, **changes)
 
     def set_trainable(self) -> None:
         self.requires_grad_(False)
