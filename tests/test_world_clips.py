@@ -128,3 +128,39 @@ def test_world_clips_cli(tmp_path, capsys):
     with pytest.raises(ValueError, match="not a clip split"):
         main(["world", "generate", "--out", str(tmp_path / "img"), "--n", "2", "--no-progress"])
         read_clips(tmp_path / "img")
+
+
+def test_j_and_f_follow_davis():
+    from omniplug.eval.video import boundary_f, region_j
+
+    a = np.zeros((32, 32), bool)
+    a[8:20, 8:20] = True
+    assert region_j(a, a) == 1.0 and boundary_f(a, a) == 1.0
+    shifted = np.roll(a, 1, axis=1)  # one pixel off: within the boundary tolerance, but not the same region
+    assert boundary_f(shifted, a) == 1.0 and region_j(shifted, a) < 1.0
+    far = np.roll(a, (12, 12), axis=(0, 1))  # no shared pixel, no boundary within reach
+    assert boundary_f(far, a) == 0.0 and region_j(far, a) == 0.0
+    empty = np.zeros_like(a)
+    assert boundary_f(empty, empty) == 1.0 and boundary_f(empty, a) == 0.0 and region_j(empty, a) == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        boundary_f(a, a[:10])
+
+
+def test_segmentation_over_time_asks_every_frame(tiny_dir, tmp_path, monkeypatch):
+    """A clip as input, one mask per frame: every frame of each clip is asked about its first mover."""
+    from omniplug.build import build_model
+    from omniplug.eval.video import segment_over_time
+    from omniplug.infer.pipeline import Pipeline
+    from tests.forced import force_answers
+
+    write_clips(out_dir=tmp_path / "clips", n=2, seed=3, split="val")
+    model = build_model(tiny_dir / "seg.yaml")
+    force_answers(monkeypatch, model, "It is <seg>.")
+    asked = []
+    pipe = Pipeline(model, prefix_cache_mb=0)
+    real_batch = pipe.batch
+    monkeypatch.setattr(pipe, "batch", lambda requests: asked.append([r.prompt for r in requests]) or real_batch(requests))
+    report = segment_over_time(pipe, tmp_path / "clips", n=2)
+    assert report["clips"] == 2 and report["frames"] == 16 and report["answered"] == 1.0
+    assert 0.0 <= report["J"] <= 1.0 and 0.0 <= report["F"] <= 1.0 and report["J&F"] == (report["J"] + report["F"]) / 2
+    assert [len(a) for a in asked] == [8, 8] and all(p.startswith("Please segment the ") for a in asked for p in a)

@@ -92,14 +92,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.env:
         return _run_env(args, cfg)
     if args.data and not args.world:
-        from omniplug.eval.video import evaluate_clips, is_clip_split
+        from omniplug.eval.video import evaluate_clips, is_clip_split, video_task
 
         if is_clip_split(args.data):  # clips of the moving world: generate each prompt's clip and read it back
             model = build_model(cfg)
             if args.device:
                 model.to(args.device)
-            report = {Path(args.data).name: evaluate_clips(model, args.data, n=args.max_samples or 100,
-                                                           batch_size=args.batch_size or cfg.trainer.batch_size_eval)}
+            report = {}
+            n = args.max_samples or 100
+            if video_task(model) is not None:  # text -> clip: generate every prompt's clip, read it back
+                report[f"{Path(args.data).name}/generation"] = evaluate_clips(
+                    model, args.data, n=n, batch_size=args.batch_size or cfg.trainer.batch_size_eval)
+            if any(getattr(d, "output_kind", "") == "masks" for d in model.decoders.values()):
+                from omniplug.eval.video import segment_over_time
+                from omniplug.infer.pipeline import Pipeline
+
+                report[f"{Path(args.data).name}/segmentation"] = segment_over_time(Pipeline(model), args.data, n=n)
+            if not report:
+                raise ValueError(f"{args.data} is a clip split; the model needs a video decoder (clip generation) or a "
+                                 f"mask decoder (segmentation over time) to be scored on it")
             if args.out:
                 Path(args.out).expanduser().write_text(json.dumps(report, indent=2))
             print(json.dumps(report, indent=2) if args.json else "\n".join(

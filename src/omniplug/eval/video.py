@@ -51,3 +51,66 @@ def evaluate_clips(model, clips_dir: str | Path, *, n: int = 100, batch_size: in
     mean = table.mean(0) if len(table) else np.zeros(4)
     return {"frame_f1": float(mean[0]), "motion_accuracy": float(mean[1]), "consistency": float(mean[2]),
             "answered": float(mean[3]), "n": len(rows)}
+
+
+# --- segmentation over time (a clip as input, one mask per frame) ----------------------------------------------
+def boundary_f(pred: np.ndarray, gold: np.ndarray, *, tolerance: float = 0.008) -> float:
+    """DAVIS's contour accuracy F: precision and recall of the predicted boundary against the true one, each
+    boundary pixel counting as matched within ``tolerance`` x the image diagonal (at least 1 pixel) of the other."""
+    from scipy import ndimage
+
+    pred, gold = np.asarray(pred, bool), np.asarray(gold, bool)
+    if pred.shape != gold.shape:
+        raise ValueError(f"prediction {pred.shape} and target {gold.shape} masks differ in shape")
+    edge = lambda m: m & ~ndimage.binary_erosion(m, border_value=0)  # noqa: E731
+    bp, bg = edge(pred), edge(gold)
+    if not bp.any() and not bg.any():
+        return 1.0
+    if not bp.any() or not bg.any():
+        return 0.0
+    radius = max(1, int(np.ceil(tolerance * np.hypot(*pred.shape))))
+    disk = ndimage.generate_binary_structure(2, 1)
+    grow = lambda m: ndimage.binary_dilation(m, structure=disk, iterations=radius)  # noqa: E731
+    precision = float((bp & grow(bg)).sum() / bp.sum())
+    recall = float((bg & grow(bp)).sum() / bg.sum())
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def region_j(pred: np.ndarray, gold: np.ndarray) -> float:
+    """DAVIS's region similarity J: the IoU of the two masks (1 when both are empty)."""
+    from omniplug.eval.segmentation import mask_iou
+
+    return mask_iou(pred, gold)[2]
+
+
+def segment_over_time(pipe, clips_dir: str | Path, *, n: int = 50, prompt: str = "Please segment {phrase}.") -> dict:
+    """For each clip's first mover, ask ``prompt`` of every frame (one request a frame, answered together through
+    continuous batching) and score the masks against the true per-frame masks: J, F and J&F (DAVIS / MeViS)."""
+    from omniplug.data.world.clips import read_clips
+    from omniplug.data.world.language import short_ref
+    from omniplug.data.world.masks import decode_rle
+    from omniplug.infer.pipeline import Options, Request
+    from PIL import Image
+
+    root = Path(clips_dir)
+    data = json.loads((root / "clips.json").read_text())
+    clips = read_clips(root)[:n]
+    tracks = {(a["video_id"], a["object_id"]): a for a in data["annotations"]}
+    js, fs, answered, total = [], [], 0, 0
+    for clip, video in zip(clips, data["videos"]):
+        mover = clip.mover(clip.motions[0])
+        ref = short_ref(clip.scene, mover)
+        phrase = ref.text() if ref is not None else (f"the {mover.category}" if mover.is_composite
+                                                     else f"the {mover.colour} {mover.category}")
+        frames = [Image.open(root / name).convert("RGB") for name in video["file_names"]]
+        requests = [Request(prompt.format(phrase=phrase), [frame], options=Options(max_new_tokens=16)) for frame in frames]
+        gold = [decode_rle(rle) for rle in tracks[(video["id"], mover.id)]["segmentations"]]
+        for response, truth in zip(pipe.batch(requests), gold):
+            total += 1
+            pred = response.masks[0].mask if response.masks else np.zeros_like(truth)
+            answered += bool(response.masks)
+            js.append(region_j(pred, truth))
+            fs.append(boundary_f(pred, truth))
+    j, f = (float(np.mean(js)), float(np.mean(fs))) if js else (0.0, 0.0)
+    return {"J": j, "F": f, "J&F": (j + f) / 2, "answered": answered / total if total else 0.0,
+            "clips": len(clips), "frames": total}
