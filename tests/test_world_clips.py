@@ -164,3 +164,29 @@ def test_segmentation_over_time_asks_every_frame(tiny_dir, tmp_path, monkeypatch
     assert report["clips"] == 2 and report["frames"] == 16 and report["answered"] == 1.0
     assert 0.0 <= report["J"] <= 1.0 and 0.0 <= report["F"] <= 1.0 and report["J&F"] == (report["J"] + report["F"]) / 2
     assert [len(a) for a in asked] == [8, 8] and all(p.startswith("Please segment the ") for a in asked for p in a)
+
+
+def test_clip_qa_reads_a_clip_as_several_images_and_scores_answers(tiny_dir, tmp_path, monkeypatch):
+    from omniplug.build import build_model
+    from omniplug.data.clip_generation import ClipQA
+    from omniplug.eval.video import answer_clip_questions
+    from tests.forced import force_answers
+
+    write_clips(out_dir=tmp_path / "clips", n=3, seed=5, split="val")
+    data = ClipQA(data_dir=str(tmp_path / "clips"), frames=4)
+    kinds = [q for _, q, _ in data.items]
+    assert kinds.count(ClipQA.CAPTION_PROMPT) == 3 and len(data) > 3
+    sample = data[0]
+    assert len(sample.images) == 4 and sample.turns[0].images == 4 and sample.turns[1].text == data.items[0][2]
+    assert ClipQA(data_dir=str(tmp_path / "clips")).frame_names(data.items[0][0])[-1].endswith("frame_07.png")
+    assert data.frame_names(data.items[0][0])[::3] == [data.items[0][0]["file_names"][0],
+                                                       data.items[0][0]["file_names"][7]]  # first and last kept
+    with pytest.raises(ValueError, match="frames must be >= 1"):
+        ClipQA(data_dir=str(tmp_path / "clips"), frames=0)
+    model = build_model(tiny_dir / "seg.yaml")
+    force_answers(monkeypatch, model, "left")
+    report = answer_clip_questions(model, tmp_path / "clips", n=3, batch_size=1)
+    answers = [a for _, q, a in data.items if q != ClipQA.CAPTION_PROMPT]
+    assert report["questions"] == len(answers) and report["captions"] == 3
+    assert report["direction_accuracy"] == pytest.approx(answers.count("left") / len(answers))
+    assert report["caption_exact"] == 0.0

@@ -108,9 +108,10 @@ def _run(args: argparse.Namespace) -> int:
                 from omniplug.infer.pipeline import Pipeline
 
                 report[f"{Path(args.data).name}/segmentation"] = segment_over_time(Pipeline(model), args.data, n=n)
-            if not report:
-                raise ValueError(f"{args.data} is a clip split; the model needs a video decoder (clip generation) or a "
-                                 f"mask decoder (segmentation over time) to be scored on it")
+            from omniplug.eval.video import answer_clip_questions
+
+            report[f"{Path(args.data).name}/questions"] = answer_clip_questions(
+                model, args.data, n=n, batch_size=args.batch_size or cfg.trainer.batch_size_eval)
             if args.out:
                 Path(args.out).expanduser().write_text(json.dumps(report, indent=2))
             print(json.dumps(report, indent=2) if args.json else "\n".join(

@@ -49,3 +49,50 @@ class ClipGeneration(Dataset):
         return Sample(turns=turns, targets={self.task: [ClipTarget(frames=frames, caption=video["caption"])]},
                       meta={"dataset": "clip_generation", "id": video["id"], "caption": video["caption"],
                             "prompt": video["prompt"], "motions": video["motions"]})
+
+
+@DATASETS.register("clip_qa")
+class ClipQA(Dataset):
+    """A clip read as several images: its frames are the user turn's images, followed by a question about what
+    happens ("Which way does the red circle move?" -> "left"; "it stays" for a still object) or, with
+    ``captions``, a request for the caption ("Describe what happens in these frames." -> "A red circle moves left.").
+    Sample ``i`` is clip ``i // per_clip``'s ``i % per_clip``-th item (questions first, then the caption)."""
+
+    CAPTION_PROMPT = "Describe what happens in these frames."
+
+    def __init__(self, *, data_dir: str, captions: bool = True, frames: int | None = None,
+                 max_samples: int | None = None) -> None:
+        self.root = Path(data_dir).expanduser()
+        index = self.root / "clips.json"
+        if not index.is_file():
+            raise FileNotFoundError(f"{index} not found: write a clip split with `omniplug world clips --out {self.root}`")
+        if frames is not None and frames < 1:
+            raise ValueError(f"clip_qa: frames must be >= 1 (frames shown per clip, evenly spaced), got {frames}")
+        self.frames = frames
+        self.items: list[tuple[dict, str, str]] = []
+        for video in json.loads(index.read_text())["videos"]:
+            for qa in video["questions"]:
+                self.items.append((video, qa["question"], qa["answer"]))
+            if captions:
+                self.items.append((video, self.CAPTION_PROMPT, video["caption"]))
+        self.items = self.items[:max_samples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def frame_names(self, video: dict) -> list[str]:
+        names = video["file_names"]
+        if self.frames is None or self.frames >= len(names):
+            return names
+        picks = [round(i * (len(names) - 1) / max(1, self.frames - 1)) for i in range(self.frames)]
+        return [names[i] for i in picks]
+
+    def __getitem__(self, index: int) -> Sample:
+        video, question, answer = self.items[index]
+        images = []
+        for name in self.frame_names(video):
+            with Image.open(self.root / name) as im:
+                images.append(im.convert("RGB"))
+        turns = [Turn("user", question, images=len(images)), Turn("assistant", answer)]
+        return Sample(turns=turns, images=images, meta={"dataset": "clip_qa", "id": video["id"], "question": question,
+                                                        "answer": answer})

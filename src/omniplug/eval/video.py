@@ -114,3 +114,29 @@ def segment_over_time(pipe, clips_dir: str | Path, *, n: int = 50, prompt: str =
     j, f = (float(np.mean(js)), float(np.mean(fs))) if js else (0.0, 0.0)
     return {"J": j, "F": f, "J&F": (j + f) / 2, "answered": answered / total if total else 0.0,
             "clips": len(clips), "frames": total}
+
+
+# --- a clip as input: questions and captions ------------------------------------------------------------------
+def answer_clip_questions(model, clips_dir: str | Path, *, n: int = 100, batch_size: int = 4,
+                          frames: int | None = 4) -> dict[str, float]:
+    """Direction questions about clips read as several images (``clip_qa``; ``frames`` evenly spaced frames, first
+    and last included): exact-answer accuracy, and caption accuracy (the clip's caption word for word, case and
+    final period aside)."""
+    from omniplug.data.clip_generation import ClipQA
+    from omniplug.eval.world import _answer, _batches
+
+    data = ClipQA(data_dir=str(clips_dir), frames=frames)
+    items = [i for i, (_, q, _) in enumerate(data.items) if data.items[i][0]["id"] < n]
+    norm = lambda t: " ".join(t.lower().strip().rstrip(".").split())  # noqa: E731
+    right = {"question": [], "caption": []}
+    for chunk in _batches(items, batch_size):
+        samples = [data[i] for i in chunk]
+        asked = [type(s)(turns=s.turns[:1], images=s.images) for s in samples]
+        gen = _answer(model, asked, max_new_tokens=24)
+        for i, text in zip(chunk, gen.texts):
+            _, question, answer = data.items[i]
+            kind = "caption" if question == ClipQA.CAPTION_PROMPT else "question"
+            right[kind].append(norm(text) == norm(answer))
+    return {"direction_accuracy": float(np.mean(right["question"])) if right["question"] else 0.0,
+            "caption_exact": float(np.mean(right["caption"])) if right["caption"] else 0.0,
+            "questions": len(right["question"]), "captions": len(right["caption"])}
