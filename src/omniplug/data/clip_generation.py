@@ -20,17 +20,22 @@ from omniplug.data.sample import Sample
 from omniplug.registry import DATASETS
 
 
+def read_videos(root: Path) -> list[dict]:
+    """The ``videos`` of a clip split's ``clips.json``; a folder without one says how to write it."""
+    index = root / "clips.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index} not found: write a clip split with `omniplug world clips --out {root}`")
+    return json.loads(index.read_text())["videos"]
+
+
 @DATASETS.register("clip_generation")
 class ClipGeneration(Dataset):
     def __init__(self, *, data_dir: str, answer: str = "{vid}", token: str = "<vid>", num_tokens: int = 4,
                  task: str = "vid", max_samples: int | None = None) -> None:
         self.root = Path(data_dir).expanduser()
-        index = self.root / "clips.json"
-        if not index.is_file():
-            raise FileNotFoundError(f"{index} not found: write a clip split with `omniplug world clips --out {self.root}`")
         if "{vid}" not in answer:
             raise ValueError("clip_generation: answer must contain {vid} (where the video tokens go)")
-        self.videos = json.loads(index.read_text())["videos"][:max_samples]
+        self.videos = read_videos(self.root)[:max_samples]
         self.answer, self.task = answer, task
         self.vid = "".join(gen_tokens(token, num_tokens))  # a run: no spaces between
 
@@ -63,14 +68,11 @@ class ClipQA(Dataset):
     def __init__(self, *, data_dir: str, captions: bool = True, frames: int | None = None,
                  max_samples: int | None = None) -> None:
         self.root = Path(data_dir).expanduser()
-        index = self.root / "clips.json"
-        if not index.is_file():
-            raise FileNotFoundError(f"{index} not found: write a clip split with `omniplug world clips --out {self.root}`")
         if frames is not None and frames < 1:
             raise ValueError(f"clip_qa: frames must be >= 1 (frames shown per clip, evenly spaced), got {frames}")
         self.frames = frames
         self.items: list[tuple[dict, str, str]] = []
-        for video in json.loads(index.read_text())["videos"]:
+        for video in read_videos(self.root):
             for qa in video["questions"]:
                 self.items.append((video, qa["question"], qa["answer"]))
             if captions:

@@ -140,6 +140,17 @@ def vae_decode(vae: nn.Module | None, latents: torch.Tensor, *, patch: int = 1) 
     return (latents / 2 + 0.5).clamp(0, 1)
 
 
+def save_parts(directory: Path, *, unet: nn.Module, vae: nn.Module | None, scheduler_class: type,
+               scheduler_config: dict[str, Any]) -> dict[str, Any]:
+    """Write ``unet/``, ``vae/`` (when there is one) and ``scheduler/`` (the noise schedule trained with) as diffusers
+    lays them out; returns the catalogue-entry changes (``vae``) that load the folder back."""
+    unet.save_pretrained(str(directory / "unet"))
+    if vae is not None:
+        vae.save_pretrained(str(directory / "vae"))
+    new_scheduler(scheduler_class, scheduler_config).save_pretrained(str(directory / "scheduler"))
+    return {"vae": "vae" if vae is not None else None}
+
+
 def _sub(root: Path, name: str, what: str, *, hint: str = "") -> Path:
     p = root / name
     if not p.is_dir():

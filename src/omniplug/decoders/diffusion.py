@@ -240,12 +240,9 @@ class DiffusionDecoder(Decoder):
         """A Stable-Diffusion-layout folder as diffusers writes it: ``unet/``, ``vae/`` (when there is one),
         ``scheduler/`` (the noise schedule trained with, prediction type included), ``text_encoder/`` +
         ``tokenizer/`` (when used)."""
-        self.unet.save_pretrained(str(directory / "unet"))
-        changes: dict[str, Any] = {"vae": None, "text_encoder": None}
-        if self.vae is not None:
-            self.vae.save_pretrained(str(directory / "vae"))
-            changes["vae"] = "vae"
-        parts.new_scheduler(self._scheduler_class, self._scheduler_config).save_pretrained(str(directory / "scheduler"))
+        changes: dict[str, Any] = {"text_encoder": None, **parts.save_parts(
+            directory, unet=self.unet, vae=self.vae, scheduler_class=self._scheduler_class,
+            scheduler_config=self._scheduler_config)}
         if self.text_encoder is not None:
             self.text_encoder.save_pretrained(str(directory / "text_encoder"))
             self.text_tokenizer.save_pretrained(str(directory / "tokenizer"))

@@ -127,12 +127,8 @@ class VideoDiffusionDecoder(Decoder):
     def export_pretrained(self, directory: Path, entry: dict[str, Any], *, ref: str) -> dict[str, Any]:
         """An AnimateDiff-layout folder: ``unet/`` (the whole ``UNetMotionModel``), ``vae/`` (when there is one) and
         ``scheduler/`` (the noise schedule trained with, prediction type included)."""
-        self.unet.save_pretrained(str(directory / "unet"))
-        changes: dict[str, Any] = {"vae": None}
-        if self.vae is not None:
-            self.vae.save_pretrained(str(directory / "vae"))
-            changes["vae"] = "vae"
-        parts.new_scheduler(self._scheduler_class, self._scheduler_config).save_pretrained(str(directory / "scheduler"))
+        changes = parts.save_parts(directory, unet=self.unet, vae=self.vae, scheduler_class=self._scheduler_class,
+                                   scheduler_config=self._scheduler_config)
         return exported_entry(entry, ref, **changes)
 
     def set_trainable(self) -> None:

@@ -28,6 +28,7 @@ def video_task(model) -> str | None:
 
 def evaluate_clips(model, clips_dir: str | Path, *, n: int = 100, batch_size: int = 4,
                    max_new_tokens: int = 16) -> dict[str, float]:
+    from omniplug.data.clip_generation import read_videos
     from omniplug.data.world.clip_score import score_clip
     from omniplug.data.world.clips import read_clips
     from omniplug.eval.world import _answer, _batches
@@ -37,7 +38,7 @@ def evaluate_clips(model, clips_dir: str | Path, *, n: int = 100, batch_size: in
         raise ValueError("this model has no video decoder (output_kind 'videos'); add one, e.g. type: video_diffusion")
     root = Path(clips_dir)
     clips = read_clips(root)[:n]
-    prompts = [v["prompt"] for v in json.loads((root / "clips.json").read_text())["videos"]][:n]
+    prompts = [v["prompt"] for v in read_videos(root)][:n]
     rows = []
     for chunk in _batches(list(zip(clips, prompts)), batch_size):
         gen = _answer(model, [Sample(turns=[Turn("user", p)]) for _, p in chunk], max_new_tokens=max_new_tokens)

@@ -12,15 +12,19 @@ import sys
 from .vocab import DEFAULT_HOLDOUT, SPLITS
 
 
+def _split_arguments(p: argparse.ArgumentParser, item: str, split_help: str) -> None:
+    """--out, --n, --seed, --split, --size: what every split writer takes."""
+    p.add_argument("--out", required=True, help="output directory (must be empty or absent)")
+    p.add_argument("--n", type=int, required=True, help=f"number of {item}s")
+    p.add_argument("--seed", type=int, default=0, help=f"master seed ({item} i uses (seed, split, i))")
+    p.add_argument("--split", choices=SPLITS, default="train", help=split_help)
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (>= 48)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="world_command", metavar="{generate,clips,analyse,examples}", required=True)
     gen = sub.add_parser("generate", help="write a split of the procedural world in standard formats")
-    gen.add_argument("--out", required=True, help="output directory (must be empty or absent)")
-    gen.add_argument("--n", type=int, required=True, help="number of scenes")
-    gen.add_argument("--seed", type=int, default=0, help="master seed (scene i uses (seed, split, i))")
-    gen.add_argument("--split", choices=SPLITS, default="train",
-                     help="train/val/test never contain hold-out combinations; holdout always does")
-    gen.add_argument("--size", type=int, default=64, help="image side in pixels (>= 48)")
+    _split_arguments(gen, "scene", "train/val/test never contain hold-out combinations; holdout always does")
     gen.add_argument("--holdout", default=", ".join(f"{c} {s}" for c, s in DEFAULT_HOLDOUT),
                      help="comma-separated '<colour> <shape>' combinations kept out of train/val/test")
     gen.add_argument("--min-objects", type=int, default=None, help="fewest objects per scene (default 2)")
@@ -32,13 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "the same files for any number")
     clips = sub.add_parser("clips", help="write a split of the moving world: clips with per-frame masks, boxes, "
                                           "centres, captions and questions")
-    clips.add_argument("--out", required=True, help="output directory (must be empty or absent)")
-    clips.add_argument("--n", type=int, required=True, help="number of clips")
-    clips.add_argument("--seed", type=int, default=0, help="master seed (clip i uses (seed, split, i))")
-    clips.add_argument("--split", choices=SPLITS, default="train",
-                       help="train/val/test never move a held-out colour-shape that way; holdout always does")
+    _split_arguments(clips, "clip", "train/val/test never move a held-out colour-shape that way; holdout always does")
     clips.add_argument("--frames", type=int, default=8, help="frames per clip (>= 2)")
-    clips.add_argument("--size", type=int, default=64, help="image side in pixels (>= 48)")
     clips.add_argument("--overwrite", action="store_true", help="replace an existing clip split in --out")
     clips.add_argument("--examples", default=None, metavar="STEM",
                        help="instead of a split, draw --n clips to STEM.png (contact sheet) and STEM.gif (playing)")
