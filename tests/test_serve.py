@@ -255,6 +255,9 @@ def _corpus(image_bytes: bytes) -> list[tuple[str, dict, int, str | None]]:
     jpeg = enc(rgb, "JPEG", quality=90)
     gif_frames = io.BytesIO()
     rgb.save(gif_frames, format="GIF", save_all=True, append_images=[rgb.rotate(90)], duration=100, loop=0)
+    long_clip = io.BytesIO()  # frames differ, or GIF would merge them
+    first, *rest = [Image.new("RGB", (8, 8), (3 * i, 0, 0)) for i in range(SETTINGS.max_clip_frames + 1)]
+    first.save(long_clip, format="GIF", save_all=True, append_images=rest, duration=40, loop=0)
     sixteen = Image.fromarray((np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20))
     big_gif = bytearray(enc(Image.new("P", (4, 4)), "GIF"))
     big_gif[6:10] = struct.pack("<HH", 65535, 65535)  # logical screen size
@@ -281,7 +284,12 @@ def _corpus(image_bytes: bytes) -> list[tuple[str, dict, int, str | None]]:
         ("png_palette", one(enc(rgb.convert("P"), "PNG")), 200, None),
         ("jpeg_greyscale", one(enc(rgb.convert("L"), "JPEG"), "x.jpg", "image/jpeg"), 200, None),
         ("gif_single_frame", one(enc(rgb, "GIF"), "x.gif", "image/gif"), 200, None),
-        ("gif_animated", one(gif_frames.getvalue(), "x.gif", "image/gif"), 400, "invalid_image"),
+        ("gif_animated_is_a_clip", one(gif_frames.getvalue(), "x.gif", "image/gif"), 200, None),
+        ("gif_clip_too_long", one(long_clip.getvalue(), "x.gif", "image/gif"), 413, "clip_too_long"),
+        ("clip_frames_count_as_images", {"files": [("image", ("a.gif", gif_frames.getvalue(), "image/gif")),
+                                                   ("image", ("b.png", image_bytes, "image/png")),
+                                                   ("image", ("c.png", image_bytes, "image/png"))],
+                                         "data": {"prompt": PROMPT}}, 400, "too_many_images"),
         ("webp", one(enc(rgb, "WEBP", lossless=True), "x.webp", "image/webp"), 200, None),
         ("bmp", one(enc(rgb, "BMP"), "x.bmp", "image/bmp"), 200, None),
         ("tiff_not_accepted", one(enc(rgb, "TIFF"), "x.tiff", "image/tiff"), 400, "invalid_image"),

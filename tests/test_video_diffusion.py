@@ -140,7 +140,8 @@ def test_eval_generates_and_scores_clips_of_a_clip_split(tiny_dir, monkeypatch, 
                  "2", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"clips_data/generation", "clips_data/questions"}  # no mask decoder: no segmentation
-    assert set(printed["clips_data/generation"]) == {"frame_f1", "motion_accuracy", "consistency", "answered", "n"}
+    assert set(printed["clips_data/generation"]) == {"frame_f1", "motion_accuracy", "consistency", "answered",
+                                                   "movers_moving", "direction_blind_accuracy", "n"}
 
 
 def test_export_writes_an_animatediff_folder_that_reloads(tiny_dir, tmp_path):
@@ -159,3 +160,111 @@ def test_export_writes_an_animatediff_folder_that_reloads(tiny_dir, tmp_path):
     emb = torch.randn(1, 4, 32)
     assert torch.allclose(again.decoders["vid"].sample(emb, seeds=[1], num_inference_steps=2),
                           model.decoders["vid"].sample(emb, seeds=[1], num_inference_steps=2), atol=1e-6)
+
+
+def test_init_weights_starts_a_model_with_a_new_decoder_from_a_trained_one(tiny_dir, write_yaml, tmp_path, capsys):
+    """`one_model.init_weights`: the segmentation model's weights start a model that adds a video decoder — every
+    tensor they share is copied, the embedding rows of the old tokens too, the new decoder keeps its init."""
+    from omniplug.build import build_model
+    from omniplug.weights import init_from, save_trainable
+
+    seg = build_model(tiny_dir / "seg.yaml")
+    with torch.no_grad():  # a "trained" model: every trainable tensor moved away from its initialisation
+        for p in seg.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    save_trainable(seg, tmp_path / "seg_run")
+    both = f"""includes: [{tiny_dir / 'vid.yaml'}, {tiny_dir / 'seg.yaml'}]
+one_model: {{decoder: null, out_projector: {{seg: sam_prompt_proj, vid: vid_proj}}, decoders: {{seg: tiny_sam, vid: tiny_vid}},
+            init_weights: {tmp_path / 'seg_run'}}}
+"""
+    model = build_model(write_yaml(both))
+    assert "tensors loaded" in capsys.readouterr().err
+    old, new = dict(seg.named_parameters()), dict(model.named_parameters())
+    shared = [n for n, p in old.items() if p.requires_grad and n in new and new[n].shape == p.shape]
+    assert shared and all(torch.equal(old[n], new[n]) for n in shared)
+    assert any(n.startswith("decoders.seg.") for n in shared)
+    seg_tok, both_tok = seg.tokenizer, model.tokenizer
+    assert both_tok.token_id("<seg>") == seg_tok.token_id("<seg>")  # new tokens come after the old ones
+    ids = torch.arange(len(seg_tok))[None]
+    with torch.no_grad():  # the old tokens' rows (<seg> included, trained) carried over
+        assert len(both_tok) > len(seg_tok) and torch.equal(model.llm.embed(ids), seg.llm.embed(ids))
+    report = init_from(model, tmp_path / "seg_run")
+    assert any(n.startswith("decoders.vid.") for n in report.new) and not report.ignored
+    with pytest.raises(ConfigError, match="no tensor fits this model"):
+        from safetensors.torch import save_file
+
+        save_file({"elsewhere.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+        init_from(model, tmp_path / "other.safetensors")
+    with pytest.raises(ConfigError, match="weights not found"):
+        init_from(model, tmp_path / "missing")
+
+
+def test_clip_readers_write_their_split_on_first_use(tmp_path):
+    from omniplug.data.clip_generation import ClipGeneration, ClipQA
+
+    root = tmp_path / "clips"
+    make = ClipGeneration(data_dir=str(root), split="train", n=3, seed=4)
+    read = ClipQA(data_dir=str(root), split="train", n=3, seed=4, frames=2)  # the same split, read again
+    assert len(make) == 3 and len(read) >= 6 and len(read[0].images) == 2
+    with pytest.raises(ValueError, match="was written with"):
+        ClipQA(data_dir=str(root), split="train", n=5, seed=4)
+    with pytest.raises(ValueError, match="needs its split name"):
+        ClipQA(data_dir=str(tmp_path / "other"), n=2)
+    with pytest.raises(FileNotFoundError, match="omniplug world clips"):
+        ClipQA(data_dir=str(tmp_path / "absent"))
+
+
+def test_a_tiny_trained_video_decoder_moves_objects_the_way_it_is_told(tmp_path):
+    """The simplest motions: a square slides left or right across 4 frames of 8 x 8. 250 steps of the decoder's own
+    loss, each direction one learned conditioning, then sampling from noise: every clip read back (centroid track,
+    as `clip_score` reads generated clips) moves the stated way; a direction-blind generator gets half at most."""
+    from diffusers import DDIMScheduler, UNetMotionModel
+
+    from omniplug.data.world.clip_score import direction_of
+
+    torch.manual_seed(0)
+    UNetMotionModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+                    down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+                    up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"), cross_attention_dim=16,
+                    num_attention_heads=2, norm_num_groups=8, motion_num_attention_heads=2, motion_max_seq_length=8,
+                    use_motion_mid_block=False).save_pretrained(str(tmp_path / "unet"))
+    DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True).save_pretrained(
+        str(tmp_path / "scheduler"))
+    decoder = VideoDiffusionDecoder(model_name_or_path=str(tmp_path), vae="none", num_tokens=1, num_frames=4,
+                                    num_inference_steps=8, guidance_scale=1.0, prediction_type="sample",
+                                    train_unet=True, cond_dropout=0.0, from_scratch=True)
+    decoder.set_trainable()
+    conditions = torch.nn.Parameter(torch.randn(2, 1, 16))  # 0: left, 1: right
+
+    def clip(right: bool) -> list[Image.Image]:
+        frames = []
+        for t in range(4):
+            x = t if right else 4 - t
+            pixels = np.zeros((8, 8, 3), np.uint8)
+            pixels[2:6, x:x + 4] = 255
+            frames.append(Image.fromarray(pixels))
+        return frames
+
+    clips = [decoder.prepare_target(ClipTarget(frames=clip(bool(d))), None) for d in (0, 1)]
+    opt = torch.optim.Adam([*decoder.unet.parameters(), conditions], lr=2e-3)
+    decoder.train()
+    for _ in range(250):
+        which = torch.randint(0, 2, (8,))
+        out = decoder(DecoderInput(prompts=conditions[which], batch_index=torch.arange(8), batch_size=8))
+        loss = decoder.loss(out, [clips[int(d)] for d in which])["video"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    decoder.eval()
+    which = torch.tensor([0, 1] * 4)
+    made = decoder.sample(conditions[which].detach(), seeds=list(range(8)))  # (8, 4, 3, 8, 8) in [0, 1]
+    read = []
+    for frames in made:
+        track = []
+        for frame in frames:
+            cols = (frame.mean(0) > 0.5).nonzero()[:, 1].float()
+            track.append((cols.mean().item(), 0.0) if len(cols) else None)
+        read.append(direction_of(track, min_travel=1.0))
+    accuracy = np.mean([r == ("right" if d else "left") for r, d in zip(read, which.tolist())])
+    assert accuracy >= 0.875, read

@@ -190,3 +190,28 @@ def test_clip_qa_reads_a_clip_as_several_images_and_scores_answers(tiny_dir, tmp
     assert report["questions"] == len(answers) and report["captions"] == 3
     assert report["direction_accuracy"] == pytest.approx(answers.count("left") / len(answers))
     assert report["caption_exact"] == 0.0
+    assert report["direction_commonest_answer"] == pytest.approx(max(map(answers.count, answers)) / len(answers))
+
+
+def test_a_clip_is_read_from_an_animated_image_or_a_folder_of_frames(tmp_path):
+    from omniplug.data.images import ClipTooLongError, evenly_spaced, open_clip
+
+    assert evenly_spaced(8, 4) == [0, 2, 5, 7] and evenly_spaced(3, 4) == [0, 1, 2] and evenly_spaced(5, 1) == [0]
+    frames = [Image.new("RGB", (16, 16), (30 * i, 0, 0)) for i in range(8)]
+    frames[0].save(tmp_path / "c.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    (tmp_path / "frames").mkdir()
+    for i, f in enumerate(frames):
+        f.save(tmp_path / "frames" / f"frame_{i:02d}.png")
+    for source in (tmp_path / "c.gif", tmp_path / "frames"):
+        got = open_clip(source, keep=4)
+        assert [f.getpixel((0, 0))[0] for f in got] == [0, 60, 150, 210]  # frames 0, 2, 5, 7
+    assert len(open_clip(tmp_path / "frames", keep=None)) == 8
+    with pytest.raises(ClipTooLongError, match="8 frames; the limit is 6"):
+        open_clip(tmp_path / "c.gif", max_frames=6)
+    with pytest.raises(ClipTooLongError, match="the limit is 6"):
+        open_clip(tmp_path / "frames", max_frames=6)
+    frames[0].save(tmp_path / "still.gif")
+    with pytest.raises(ValueError, match="single frame"):
+        open_clip(tmp_path / "still.gif")
+    with pytest.raises(FileNotFoundError, match="clip not found"):
+        open_clip(tmp_path / "absent.gif")

@@ -11,6 +11,7 @@ Trainability is config applied once (:func:`apply_train_mode`): ``train_mode`` p
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,6 +113,11 @@ def build_model(config: Config | str | Path, overrides: list[str] | tuple[str, .
         from omniplug.weights import load_trainable
 
         load_trainable(model, om.weights)
+    elif load_weights and om.init_weights:
+        from omniplug.weights import init_from
+
+        report = init_from(model, om.init_weights)
+        print(f"one_model.init_weights {om.init_weights}: {report.summary()}", file=sys.stderr)
     model.llm.quantize_weights()
     return model
 

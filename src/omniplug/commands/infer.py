@@ -37,6 +37,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. one_model.weights=output/run1/final")
     p.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="image file (repeat for several; decoders use the first)")
+    p.add_argument("--clip", metavar="PATH", help="a clip as input (an animated GIF/WebP/PNG, or a folder of frames): "
+                                                  "--clip-frames of its frames, evenly spaced, become the images")
+    p.add_argument("--clip-frames", type=int, default=4, help="frames read from --clip (default 4, as clip models train)")
     p.add_argument("--prompt", help="the question, e.g. 'Please segment the red circle.'")
     p.add_argument("--batch", metavar="FILE.jsonl", help="answer every request of this JSONL file (needs --out)")
     p.add_argument("--batch-size", type=int, default=8, help="requests run together (default: 8)")
@@ -56,11 +59,13 @@ def _run(args: argparse.Namespace) -> int:
         return _run_batch(args)
     if args.prompt is None:
         raise ValueError("give --prompt (one request) or --batch FILE.jsonl")
-    from omniplug.data.images import open_image
+    from omniplug.data.images import open_clip, open_image
     from omniplug.infer.pipeline import Pipeline
     from omniplug.infer.render import save_response
 
-    images = [open_image(p) for p in args.image]  # fail on a bad image before building the model
+    images = [open_image(p) for p in args.image]  # fail on a bad image or clip before building the model
+    if args.clip:
+        images = open_clip(args.clip, keep=args.clip_frames) + images
     pipe = Pipeline.from_config(args.config, args.overrides, device=args.device)
     response = pipe(images, args.prompt, max_new_tokens=args.max_new_tokens or 64, answer_prefix=args.answer_prefix)
     if args.out:
@@ -163,8 +168,8 @@ def read_batch_file(path: str | Path, *, max_new_tokens: int | None = None, answ
 def _run_batch(args: argparse.Namespace) -> int:
     if not args.out:
         raise ValueError("--batch needs --out DIR for the results")
-    if args.prompt is not None or args.image:
-        raise ValueError("--batch reads prompts and images from the file; drop --prompt/--image")
+    if args.prompt is not None or args.image or args.clip:
+        raise ValueError("--batch reads prompts and images from the file; drop --prompt/--image/--clip")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     lines = read_batch_file(args.batch, max_new_tokens=args.max_new_tokens, answer_prefix=args.answer_prefix)

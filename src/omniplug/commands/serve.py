@@ -24,6 +24,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="request size limit (all images)")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="pixel limit per image")
     p.add_argument("--max-images", type=int, default=d.max_images, help="images per request / conversation")
+    p.add_argument("--clip-frames", type=int, default=d.clip_frames,
+                   help="frames read (evenly spaced) from an uploaded clip (animated GIF/WebP/PNG)")
+    p.add_argument("--max-clip-frames", type=int, default=d.max_clip_frames, help="longest clip accepted, in frames")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="largest answer length a request may ask")
     p.add_argument("--concurrency", type=int, default=d.concurrency,
                    help="requests answered at once: the rows of the running batch (continuous batching)")
@@ -54,6 +57,7 @@ def _settings(args: argparse.Namespace):
 
     return ServeSettings(host=args.host, port=args.port, auth=auth_from_env(args.auth), max_upload_mb=args.max_upload_mb,
                          max_pixels=args.max_pixels, max_images=args.max_images, max_new_tokens=args.max_new_tokens,
+                         clip_frames=args.clip_frames, max_clip_frames=args.max_clip_frames,
                          default_new_tokens=min(64, args.max_new_tokens), concurrency=args.concurrency,
                          queue_size=args.queue_size, examples=args.examples, prefix_cache_mb=args.prefix_cache_mb)
 

@@ -89,6 +89,9 @@ class OneModelConfig:
     dense_loss_weights: dict[str, float] = field(default_factory=dict)
     image_token: str = "<image>"
     weights: str | None = None  # trainable.safetensors (or its directory) loaded after building
+    # start training from another model's weights (omniplug.weights.init_from): tensors with this model's names and
+    # shapes are loaded, token rows this model adds and decoders it adds keep their initialisation; `weights` wins
+    init_weights: str | None = None
     # each module's random initialisation from its own generator, seeded by (trainer.seed, its place in the model:
     # llm, encoder, in_projector, decoder.TASK, out_projector.TASK, ...), and the global generator left as the
     # trainer seeded it: swapping or resizing one module changes no other module's initial weights and not the

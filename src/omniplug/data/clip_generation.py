@@ -1,5 +1,6 @@
 """Reader ``clip_generation``: text -> clip pairs from a clip split of the moving world
-(``omniplug world clips``, YouTube-VIS-style ``clips.json``).
+(``omniplug world clips``, YouTube-VIS-style ``clips.json``). Both readers write the split on first use when
+given its ``split``, ``n`` and ``seed`` (as the ``world`` reader does), and read an existing one otherwise.
 
 The user asks for the clip (the split's generation prompt, "Make a clip of a red circle moving left.");
 the assistant answers with the video tokens ``<vid_0> .. <vid_{K-1}>``; the target is the clip's frames
@@ -20,6 +21,17 @@ from omniplug.data.sample import Sample
 from omniplug.registry import DATASETS
 
 
+def clip_split(data_dir: str, *, split: str | None, n: int | None, seed: int) -> Path:
+    """``data_dir``, written first (``omniplug world clips``) when ``n`` is given and it holds no split yet."""
+    if n is None:
+        return Path(data_dir).expanduser()
+    from omniplug.data.world_tasks import ensure_clips
+
+    if split is None:
+        raise ValueError("a clip split generated on first use needs its split name (split: train / val / test / holdout)")
+    return ensure_clips(root=data_dir, split=split, n=n, seed=seed)
+
+
 def read_videos(root: Path) -> list[dict]:
     """The ``videos`` of a clip split's ``clips.json``; a folder without one says how to write it."""
     index = root / "clips.json"
@@ -31,8 +43,9 @@ def read_videos(root: Path) -> list[dict]:
 @DATASETS.register("clip_generation")
 class ClipGeneration(Dataset):
     def __init__(self, *, data_dir: str, answer: str = "{vid}", token: str = "<vid>", num_tokens: int = 4,
-                 task: str = "vid", max_samples: int | None = None) -> None:
-        self.root = Path(data_dir).expanduser()
+                 task: str = "vid", max_samples: int | None = None, split: str | None = None, n: int | None = None,
+                 seed: int = 0) -> None:
+        self.root = clip_split(data_dir, split=split, n=n, seed=seed)
         if "{vid}" not in answer:
             raise ValueError("clip_generation: answer must contain {vid} (where the video tokens go)")
         self.videos = read_videos(self.root)[:max_samples]
@@ -66,8 +79,9 @@ class ClipQA(Dataset):
     CAPTION_PROMPT = "Describe what happens in these frames."
 
     def __init__(self, *, data_dir: str, captions: bool = True, frames: int | None = None,
-                 max_samples: int | None = None) -> None:
-        self.root = Path(data_dir).expanduser()
+                 max_samples: int | None = None, split: str | None = None, n: int | None = None,
+                 seed: int = 0) -> None:
+        self.root = clip_split(data_dir, split=split, n=n, seed=seed)
         if frames is not None and frames < 1:
             raise ValueError(f"clip_qa: frames must be >= 1 (frames shown per clip, evenly spaced), got {frames}")
         self.frames = frames
@@ -83,11 +97,10 @@ class ClipQA(Dataset):
         return len(self.items)
 
     def frame_names(self, video: dict) -> list[str]:
+        from omniplug.data.images import evenly_spaced
+
         names = video["file_names"]
-        if self.frames is None or self.frames >= len(names):
-            return names
-        picks = [round(i * (len(names) - 1) / max(1, self.frames - 1)) for i in range(self.frames)]
-        return [names[i] for i in picks]
+        return [names[i] for i in evenly_spaced(len(names), self.frames)]
 
     def __getitem__(self, index: int) -> Sample:
         video, question, answer = self.items[index]

@@ -15,7 +15,7 @@ import fcntl
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -26,11 +26,9 @@ WorldTask = Literal["caption_vqa", "referring", "reasoning", "semantic", "part",
                     "detection", "referring_box"]
 
 
-def ensure_split(*, root: str | Path, split: str, n: int, seed: int, size: int = 64) -> Path:
-    """Generate the split into ``root`` unless an identical one is there; safe across processes."""
-    from omniplug.data.world import WorldConfig, write_split
-    from omniplug.data.world.writers import default_workers
-
+def _written_once(root: str | Path, want: dict[str, Any], write: Callable[[Path], Any], *, what: str) -> Path:
+    """Write data into ``root`` (``write(root)``) unless its ``meta.json`` already says ``want``; another
+    ``want`` there is an error. A lock beside ``root`` makes it safe across processes."""
     root = Path(root).expanduser().resolve()
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as lock:
@@ -38,15 +36,32 @@ def ensure_split(*, root: str | Path, split: str, n: int, seed: int, size: int =
         meta_path = root / "meta.json"
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
-            want = {"split": split, "n": n, "seed": seed, "size": size}
             got = {k: meta.get(k, meta.get("config", {}).get(k)) for k in want}
             if got != want:
-                raise ValueError(f"world data at {root} was generated with {got}, the config asks for {want}; "
-                                 f"delete the folder or point 'root' elsewhere")
+                raise ValueError(f"{what} at {root} was written with {got}, the config asks for {want}; "
+                                 f"delete the folder or point the dataset elsewhere")
             return root
-        write_split(out_dir=root, n=n, seed=seed, split=split, config=WorldConfig(size=size), overwrite=True,
-                    progress=True, workers=default_workers(n))
+        write(root)
     return root
+
+
+def ensure_split(*, root: str | Path, split: str, n: int, seed: int, size: int = 64) -> Path:
+    """Generate the split into ``root`` unless an identical one is there; safe across processes."""
+    from omniplug.data.world import WorldConfig, write_split
+    from omniplug.data.world.writers import default_workers
+
+    return _written_once(root, {"split": split, "n": n, "seed": seed, "size": size}, what="world data",
+                         write=lambda out: write_split(out_dir=out, n=n, seed=seed, split=split,
+                                                       config=WorldConfig(size=size), overwrite=True, progress=True,
+                                                       workers=default_workers(n)))
+
+
+def ensure_clips(*, root: str | Path, split: str, n: int, seed: int) -> Path:
+    """Write the clip split (``omniplug world clips``) into ``root`` unless an identical one is there."""
+    from omniplug.data.world.clips import write_clips
+
+    return _written_once(root, {"kind": "clips", "split": split, "n": n, "seed": seed}, what="clip data",
+                         write=lambda out: write_clips(out_dir=out, n=n, seed=seed, split=split, overwrite=True))
 
 
 def _reader(task: str, root: Path, options: dict[str, Any]) -> Dataset:

@@ -39,19 +39,25 @@ def evaluate_clips(model, clips_dir: str | Path, *, n: int = 100, batch_size: in
     root = Path(clips_dir)
     clips = read_clips(root)[:n]
     prompts = [v["prompt"] for v in read_videos(root)][:n]
-    rows = []
+    rows, read = [], []
     for chunk in _batches(list(zip(clips, prompts)), batch_size):
         gen = _answer(model, [Sample(turns=[Turn("user", p)]) for _, p in chunk], max_new_tokens=max_new_tokens)
         for (clip, _), outputs in zip(chunk, gen.decoder_outputs.get(task, [[] for _ in chunk])):
             if not outputs:
                 rows.append((0.0, 0.0, 0.0, 0))
+                read.extend([None] * len(clip.motions))
                 continue
             score = score_clip([np.asarray(f.convert("RGB")) for f in outputs[0]], clip)
             rows.append((score.frame_f1, score.motion_accuracy, score.consistency, 1))
+            read.extend(score.directions)
     table = np.array(rows, dtype=float).reshape(-1, 4)
     mean = table.mean(0) if len(table) else np.zeros(4)
+    # what a generator blind to the stated direction would score with the same clips: its movers move (some way)
+    # as often, each of the four ways equally likely
+    moving = float(np.mean([d in ("left", "right", "up", "down") for d in read])) if read else 0.0
     return {"frame_f1": float(mean[0]), "motion_accuracy": float(mean[1]), "consistency": float(mean[2]),
-            "answered": float(mean[3]), "n": len(rows)}
+            "answered": float(mean[3]), "movers_moving": moving, "direction_blind_accuracy": moving / 4,
+            "n": len(rows)}
 
 
 # --- segmentation over time (a clip as input, one mask per frame) ----------------------------------------------
@@ -130,6 +136,7 @@ def answer_clip_questions(model, clips_dir: str | Path, *, n: int = 100, batch_s
     items = [i for i, (_, q, _) in enumerate(data.items) if data.items[i][0]["id"] < n]
     norm = lambda t: " ".join(t.lower().strip().rstrip(".").split())  # noqa: E731
     right = {"question": [], "caption": []}
+    answers: list[str] = []
     for chunk in _batches(items, batch_size):
         samples = [data[i] for i in chunk]
         asked = [type(s)(turns=s.turns[:1], images=s.images) for s in samples]
@@ -138,6 +145,10 @@ def answer_clip_questions(model, clips_dir: str | Path, *, n: int = 100, batch_s
             _, question, answer = data.items[i]
             kind = "caption" if question == ClipQA.CAPTION_PROMPT else "question"
             right[kind].append(norm(text) == norm(answer))
+            if kind == "question":
+                answers.append(norm(answer))
+    commonest = max(answers.count(a) for a in set(answers)) / len(answers) if answers else 0.0
     return {"direction_accuracy": float(np.mean(right["question"])) if right["question"] else 0.0,
+            "direction_commonest_answer": commonest,  # always answering the split's commonest answer
             "caption_exact": float(np.mean(right["caption"])) if right["caption"] else 0.0,
             "questions": len(right["question"]), "captions": len(right["caption"])}

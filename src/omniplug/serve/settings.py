@@ -19,7 +19,9 @@ class ServeSettings:
     auth: str | None = None  # "user:password": HTTP Basic auth on the UI and the API
     max_upload_mb: float = 10.0  # per request, all files together; checked before anything is decoded
     max_pixels: int = 4096 * 4096  # per image, from its declared size: decompression bombs stop here
-    max_images: int = 4  # per request (and per UI conversation)
+    max_images: int = 4  # per request (and per UI conversation); a clip counts as the frames read from it
+    clip_frames: int = 4  # an animated upload (GIF/WebP/APNG) is a clip: this many frames, evenly spaced, are read
+    max_clip_frames: int = 64  # longer clips are refused (413 clip_too_long) before any frame is decoded
     max_prompt_chars: int = 2000
     max_new_tokens: int = 256  # the largest max_new_tokens a request may ask for
     default_new_tokens: int = 64
@@ -31,7 +33,7 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_pixels", "max_images", "max_prompt_chars", "max_new_tokens", "default_new_tokens",
-                     "concurrency"):
+                     "concurrency", "clip_frames", "max_clip_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.queue_size < 0:

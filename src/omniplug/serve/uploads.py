@@ -1,5 +1,6 @@
 """What a request carries, checked: uploaded bytes -> RGB ``PIL`` images (size and pixel limits,
-a few well-known formats, no animation), and the options -> typed ``InferOptions``.
+a few well-known formats; an animated upload is a clip, read as a few evenly spaced frames, its length
+limited), and the options -> typed ``InferOptions``.
 
 Images only ever arrive as bytes (an uploaded file): a text field is never taken as a server path.
 """
@@ -14,7 +15,7 @@ from typing import Mapping, Sequence
 
 from PIL import Image
 
-from omniplug.data.images import ImageTooLargeError, read_image
+from omniplug.data.images import ClipTooLongError, ImageTooLargeError, frame_count, read_clip, read_image
 
 from .errors import RequestError
 from .settings import ServeSettings
@@ -115,12 +116,23 @@ def decode_images(uploads: Sequence[Upload], settings: ServeSettings, *, already
         if not upload.data:
             raise RequestError(400, "invalid_image", f"image {name} is empty (0 bytes)")
         try:
-            images.append(read_image(io.BytesIO(upload.data), name=name, max_pixels=settings.max_pixels,
-                                     formats=UPLOAD_FORMATS, allow_animated=False))
+            read = dict(name=name, max_pixels=settings.max_pixels, formats=UPLOAD_FORMATS)
+            if frame_count(io.BytesIO(upload.data), **read) > 1:  # a clip: a few of its frames, as several images
+                images.extend(read_clip(io.BytesIO(upload.data), keep=settings.clip_frames,
+                                        max_frames=settings.max_clip_frames, **read))
+            else:
+                images.append(read_image(io.BytesIO(upload.data), **read))
         except ImageTooLargeError as exc:
             raise RequestError(413, "image_too_large", str(exc)) from None
+        except ClipTooLongError as exc:
+            raise RequestError(413, "clip_too_long", str(exc)) from None
         except ValueError as exc:
             raise RequestError(400, "invalid_image", str(exc)) from None
+        if already + len(images) > settings.max_images:
+            raise RequestError(400, "too_many_images",
+                               f"{already + len(images)} images (a clip counts as its {settings.clip_frames} frames "
+                               f"read); at most {settings.max_images} per request"
+                               + (" and conversation (clear it to start again)" if already else ""))
     return images
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors import safe_open
@@ -43,19 +44,85 @@ def save_trainable(model, directory: str | Path, *, state: dict[str, Tensor] | N
     return directory / WEIGHTS_NAME
 
 
-def load_trainable(model, path: str | Path) -> None:
-    """Load weights saved by ``save_trainable`` (a directory or the .safetensors file itself).
-    Every trainable parameter must be present with the same shape."""
-    path = Path(path).expanduser()
-    file = path / WEIGHTS_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise ConfigError(f"weights not found: {file} (expected a {WEIGHTS_NAME} written by omniplug train)")
+def _read_state(file: Path) -> tuple[dict[str, Tensor], str | None]:
     try:
         state = load_file(str(file))
         with safe_open(str(file), "pt") as fh:
             kind = (fh.metadata() or {}).get("omniplug")
     except Exception as exc:
         raise ConfigError(f"cannot read weights {file}: {exc}") from None
+    return state, kind
+
+
+def _weights_file(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    file = path / WEIGHTS_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"weights not found: {file} (expected a {WEIGHTS_NAME} written by omniplug train)")
+    return file
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What :func:`init_from` took from another model's weights."""
+
+    loaded: int  # tensors copied whole
+    grown: list[str]  # embedding-like tensors whose leading rows were copied (the model added tokens)
+    new: list[str]  # trainable tensors of this model the file lacks: they keep their initialisation
+    ignored: list[str]  # tensors of the file this model has not, or has with another shape
+
+    def summary(self) -> str:
+        def few(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+        text = f"{self.loaded} tensors loaded"
+        if self.grown:
+            text += f"; {len(self.grown)} grown by new token rows ({few(self.grown)})"
+        if self.new:
+            text += f"; {len(self.new)} new, left as initialised ({few(self.new)})"
+        if self.ignored:
+            text += f"; {len(self.ignored)} of the file unused ({few(self.ignored)})"
+        return text
+
+
+def init_from(model, path: str | Path) -> InitReport:
+    """Start from another model's trained weights (``one_model.init_weights``): every tensor of the file whose
+    name and shape this model has is copied; a 2-D tensor whose rows this model extends (the token embedding and
+    LM head after new special tokens, appended after the old ones) gets its leading rows; the rest (a decoder
+    this model adds) keeps its initialisation. Raises when nothing fits: the file is for another architecture."""
+    import torch
+
+    file = _weights_file(path)
+    state, kind = _read_state(file)
+    if kind == "export":
+        raise ConfigError(f"init_weights {file}: heads of an exported model; point it at a trained run's folder")
+    params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    loaded, grown, ignored = 0, [], []
+    with torch.no_grad():
+        for name, value in state.items():
+            target = params.get(name)
+            if target is None:
+                ignored.append(name)
+            elif tuple(target.shape) == tuple(value.shape):
+                target.copy_(value.to(target.dtype))
+                loaded += 1
+            elif value.dim() == 2 and value.shape[1:] == target.shape[1:] and value.shape[0] < target.shape[0]:
+                target[: value.shape[0]].copy_(value.to(target.dtype))
+                grown.append(name)
+            else:
+                ignored.append(name)
+    if not loaded:
+        raise ConfigError(f"init_weights {file}: no tensor fits this model (names or shapes all differ); "
+                          f"was it trained with the same encoder, LLM and decoders?")
+    new = sorted(set(trainable_state_dict(model)) - set(state))
+    return InitReport(loaded=loaded, grown=grown, new=new, ignored=ignored)
+
+
+def load_trainable(model, path: str | Path) -> None:
+    """Load weights saved by ``save_trainable`` (a directory or the .safetensors file itself).
+    Every trainable parameter must be present with the same shape."""
+    file = _weights_file(path)
+    state, kind = _read_state(file)
     if kind == "export":  # heads.safetensors of `omniplug export`: the rest comes from the exported folders
         from omniplug.weights.export import load_heads
 
