@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from omniplug.data.world import WorldConfig
@@ -215,3 +216,42 @@ def test_a_clip_is_read_from_an_animated_image_or_a_folder_of_frames(tmp_path):
         open_clip(tmp_path / "still.gif")
     with pytest.raises(FileNotFoundError, match="clip not found"):
         open_clip(tmp_path / "absent.gif")
+
+
+def test_one_answer_segments_every_frame_of_a_clip(tiny_dir, tmp_path, monkeypatch):
+    """`frame_per_occurrence`: "Please segment the red circle in every frame." over 3 frames -> "Sure, <seg> <seg>
+    <seg>." -> occurrence k is decoded from frame k's SAM embedding; the reader `clip_segmentation` trains it."""
+    from omniplug.build import build_model
+    from omniplug.data.clip_generation import ClipSegmentation
+    from omniplug.data.collate import Collator
+    from omniplug.eval.video import segment_over_time
+    from omniplug.infer.pipeline import Pipeline
+    from omniplug.types import DecoderInput
+    from tests.forced import force_answers
+
+    write_clips(out_dir=tmp_path / "clips", n=2, seed=3, split="val")
+    data = ClipSegmentation(data_dir=str(tmp_path / "clips"), frames=3)
+    sample = data[0]
+    assert len(sample.images) == 3 and sample.turns[1].text == "Sure, <seg> <seg> <seg>."
+    assert sample.turns[0].text.startswith("Please segment the ") and sample.turns[0].text.endswith(" in every frame.")
+    assert [m.shape for m in sample.targets["seg"]] == [(64, 64)] * 3 and sample.meta["frames"] == [0, 4, 7]
+    assert not np.array_equal(sample.targets["seg"][0], sample.targets["seg"][2])  # it moves
+
+    model = build_model(tiny_dir / "seg.yaml", ["decoder.tiny_sam.frame_per_occurrence=true"])
+    batch = Collator(model)([data[0], data[1]])
+    pixels = batch.decoder_pixels["seg"]
+    assert pixels.pixel_values.shape[0] == 6 and pixels.rows == [[0, 1, 2], [3, 4, 5]]
+    out = model(batch)
+    assert torch.isfinite(out.loss) and len(batch.targets["seg"]) == 6
+    sam = model.decoders["seg"]
+    dim = sam.prompt_dim
+    seg_out = sam(DecoderInput(prompts=torch.randn(4, 1, dim), batch_index=torch.tensor([0, 0, 0, 0]), batch_size=2,
+                               pixels=pixels))
+    with torch.no_grad():
+        own = sam.image_embeddings(pixels.pixel_values[[0, 1, 2, 2]])  # a 4th occurrence reads the last frame
+    assert torch.allclose(seg_out.image_embeddings, own, atol=1e-5)
+    assert not torch.allclose(own[0], own[1])
+
+    force_answers(monkeypatch, model, "Sure, <seg> <seg> <seg>.")
+    report = segment_over_time(Pipeline(model, prefix_cache_mb=0), tmp_path / "clips", n=2, one_answer=True, frames=3)
+    assert report["frames"] == 6 and report["answered"] == 1.0 and 0.0 <= report["J&F"] <= 1.0

@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     torch.set_num_threads(args.threads)
-    from omniplug.data.world.clips import read_clips, write_clips
-    from omniplug.data.world.language import short_ref
+    from omniplug.data.world.clips import mover_phrase, read_clips, write_clips
     from omniplug.eval.bench_record import record_header
     from omniplug.eval.video import segment_over_time
     from omniplug.infer.pipeline import Pipeline
@@ -63,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     root = REPO / "data" / "world" / "clips_holdout"
     videos = json.loads((root / "clips.json").read_text())["videos"]
     for clip, video in list(zip(read_clips(root), videos))[:6]:
-        mover = clip.mover(clip.motions[0])
-        ref = short_ref(clip.scene, mover)
-        phrase = ref.text() if ref is not None else f"the {mover.colour or ''} {mover.category}".replace("  ", " ")
+        phrase = mover_phrase(clip)
         frames = [Image.open(root / name).convert("RGB") for name in video["file_names"]]
         answers = pipe.batch([{"prompt": f"Please segment {phrase}.", "images": [str(root / name)]}
                               for name in video["file_names"]])

@@ -208,6 +208,15 @@ class Decoder(Exportable, nn.Module, ABC):
         """Decoder-specific image preprocessing done at collate time (e.g. SAM's 1024 px)."""
         return None
 
+    #: True when the decoder reads every image of a sample (``prepare_image_groups``), not only the first: e.g. a
+    #: mask decoder answering "Segment the red circle in every frame." with one mask per frame of a clip
+    reads_every_image: bool = False
+
+    def prepare_image_groups(self, groups: list[list[Image.Image]]) -> Any:
+        """Every image of every sample (``groups[b]``: sample b's images, at least one), for decoders that
+        set ``reads_every_image``."""
+        raise NotImplementedError(f"{type(self).__name__} reads only each sample's first image")
+
     def prepare_target(self, target: Any, image: Image.Image | None) -> Any:
         """Turn one raw target (e.g. a numpy mask) into what ``loss`` expects."""
         return target

@@ -103,11 +103,16 @@ def _run(args: argparse.Namespace) -> int:
             if video_task(model) is not None:  # text -> clip: generate every prompt's clip, read it back
                 report[f"{Path(args.data).name}/generation"] = evaluate_clips(
                     model, args.data, n=n, batch_size=args.batch_size or cfg.trainer.batch_size_eval)
-            if any(getattr(d, "output_kind", "") == "masks" for d in model.decoders.values()):
+            masks = [d for d in model.decoders.values() if getattr(d, "output_kind", "") == "masks"]
+            if masks:
                 from omniplug.eval.video import segment_over_time
                 from omniplug.infer.pipeline import Pipeline
 
-                report[f"{Path(args.data).name}/segmentation"] = segment_over_time(Pipeline(model), args.data, n=n)
+                pipe = Pipeline(model)
+                report[f"{Path(args.data).name}/segmentation"] = segment_over_time(pipe, args.data, n=n)
+                if any(d.reads_every_image for d in masks):  # the clip in one request, a mask per frame
+                    report[f"{Path(args.data).name}/segmentation_one_answer"] = segment_over_time(
+                        pipe, args.data, n=n, one_answer=True, frames=4)
             from omniplug.eval.video import answer_clip_questions
 
             report[f"{Path(args.data).name}/questions"] = answer_clip_questions(

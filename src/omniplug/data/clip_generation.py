@@ -1,10 +1,11 @@
-"""Reader ``clip_generation``: text -> clip pairs from a clip split of the moving world
-(``omniplug world clips``, YouTube-VIS-style ``clips.json``). Both readers write the split on first use when
-given its ``split``, ``n`` and ``seed`` (as the ``world`` reader does), and read an existing one otherwise.
+"""Readers of a clip split of the moving world (``omniplug world clips``, YouTube-VIS-style ``clips.json``):
+``clip_generation`` (text -> clip), ``clip_qa`` (a clip read as several images: direction questions, captions)
+and ``clip_segmentation`` (a mover's mask in every frame, in one answer). Each writes the split on first use
+when given its ``split``, ``n`` and ``seed`` (as the ``world`` reader does), and reads an existing one otherwise.
 
-The user asks for the clip (the split's generation prompt, "Make a clip of a red circle moving left.");
-the assistant answers with the video tokens ``<vid_0> .. <vid_{K-1}>``; the target is the clip's frames
-(``video_diffusion.ClipTarget``), with its caption.
+``clip_generation``: the user asks for the clip (the split's generation prompt, "Make a clip of a red circle
+moving left."); the assistant answers with the video tokens ``<vid_0> .. <vid_{K-1}>``; the target is the clip's
+frames (``video_diffusion.ClipTarget``), with its caption.
 """
 
 from __future__ import annotations
@@ -111,3 +112,51 @@ class ClipQA(Dataset):
         turns = [Turn("user", question, images=len(images)), Turn("assistant", answer)]
         return Sample(turns=turns, images=images, meta={"dataset": "clip_qa", "id": video["id"], "question": question,
                                                         "answer": answer})
+
+
+@DATASETS.register("clip_segmentation")
+class ClipSegmentation(Dataset):
+    """Segmentation over time in one answer: a clip's ``frames`` evenly spaced frames are the images of one turn,
+    the user asks for a mover in every frame ("Please segment the red circle in every frame."), the answer holds
+    one ``<seg>`` per frame ("Sure, <seg> <seg> <seg> <seg>.") and the targets are that mover's visible mask in each
+    frame, in order. Needs a mask decoder with ``frame_per_occurrence: true`` (occurrence k reads frame k).
+    One sample per mover of each clip."""
+
+    PROMPT = "Please segment {phrase} in every frame."
+
+    def __init__(self, *, data_dir: str, frames: int | None = 4, task: str = "seg", token: str = "<seg>",
+                 max_samples: int | None = None, split: str | None = None, n: int | None = None,
+                 seed: int = 0) -> None:
+        from omniplug.data.images import evenly_spaced
+        from omniplug.data.world.clips import mover_phrase, read_clips
+
+        self.root = clip_split(data_dir, split=split, n=n, seed=seed)
+        if frames is not None and frames < 1:
+            raise ValueError(f"clip_segmentation: frames must be >= 1, got {frames}")
+        data = json.loads((self.root / "clips.json").read_text())
+        tracks = {(a["video_id"], a["object_id"]): a["segmentations"] for a in data["annotations"]}
+        self.task, self.token = task, token
+        self.items: list[tuple[dict, str, list[int], list]] = []
+        for clip, video in zip(read_clips(self.root), data["videos"]):
+            picks = evenly_spaced(len(video["file_names"]), frames)
+            for k, motion in enumerate(clip.motions):
+                rles = tracks[(video["id"], motion.object_id)]
+                self.items.append((video, mover_phrase(clip, k), picks, [rles[i] for i in picks]))
+        self.items = self.items[:max_samples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample:
+        from omniplug.data.world.masks import decode_rle
+
+        video, phrase, picks, rles = self.items[index]
+        images = []
+        for i in picks:
+            with Image.open(self.root / video["file_names"][i]) as im:
+                images.append(im.convert("RGB"))
+        answer = "Sure, " + " ".join([self.token] * len(picks)) + "."
+        turns = [Turn("user", self.PROMPT.format(phrase=phrase), images=len(images)), Turn("assistant", answer)]
+        return Sample(turns=turns, images=images, targets={self.task: [decode_rle(r) for r in rles]},
+                      meta={"dataset": "clip_segmentation", "id": video["id"], "phrase": phrase, "frames": picks})
+

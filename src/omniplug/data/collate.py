@@ -72,7 +72,10 @@ class Collator:
                 # with batch rows; a decoder only reads the rows whose answers hold its trigger tokens
                 ref = next(im for im in first_images if im is not None)
                 stand_in = Image.new("RGB", ref.size)
-                decoder_pixels[task] = dec.prepare_images([im if im is not None else stand_in for im in first_images])
+                if dec.reads_every_image:  # e.g. one mask per frame of a clip: every image of every sample
+                    decoder_pixels[task] = dec.prepare_image_groups([list(s.images) or [stand_in] for s in samples])
+                else:
+                    decoder_pixels[task] = dec.prepare_images([im if im is not None else stand_in for im in first_images])
             targets[task] = [dec.prepare_target(t, first_images[i])
                              for i, s in enumerate(samples) for t in s.targets.get(task, [])]
         label_maps = first_rows = None

@@ -41,14 +41,29 @@ from omniplug.types import DecoderInput, DecoderOutput, Mask
 
 @dataclass
 class SamPixels:
-    """What ``SamDecoder.prepare_images`` returns for a batch (one image per sample)."""
+    """What ``SamDecoder.prepare_images`` returns for a batch: one image per sample, or (``prepare_image_groups``,
+    ``frame_per_occurrence``) every image of every sample with ``rows[b]`` the rows of sample b's images."""
 
-    pixel_values: Tensor  # (B, 3, S, S): resized, normalised, padded to SAM's square input
+    pixel_values: Tensor  # (N, 3, S, S): resized, normalised, padded to SAM's square input
     input_sizes: list[tuple[int, int]]  # (h, w) of each image after resizing, before padding
     original_sizes: list[tuple[int, int]]  # (h, w) of each original image
+    rows: list[list[int]] | None = None  # sample -> its images' rows; None: row b is sample b's (first) image
 
     def to(self, device: torch.device | str) -> "SamPixels":
-        return SamPixels(self.pixel_values.to(device), self.input_sizes, self.original_sizes)
+        return SamPixels(self.pixel_values.to(device), self.input_sizes, self.original_sizes, self.rows)
+
+    def image_rows(self, batch_index: Tensor) -> list[int]:
+        """The image each occurrence reads: its sample's first image, or with ``rows`` the sample's k-th image for
+        the sample's k-th occurrence (the last image for any beyond)."""
+        samples = batch_index.tolist()
+        if self.rows is None:
+            return samples
+        seen: dict[int, int] = {}
+        out = []
+        for b in samples:
+            k = seen[b] = seen.get(b, -1) + 1
+            out.append(self.rows[b][min(k, len(self.rows[b]) - 1)])
+        return out
 
 
 @dataclass
@@ -95,8 +110,12 @@ class SamDecoder(Decoder):
     def __init__(self, *, model_name_or_path: str, token: str = "<seg>", train_mask_decoder: bool = True,
                  freeze_image_encoder: bool = True, freeze_prompt_encoder: bool = True, mask_threshold: float = 0.0,
                  bce_loss_weight: float = 2.0, dice_loss_weight: float = 0.5, prompt_align_weight: float = 0.0,
-                 prompt_align_temperature: float = 0.1, freeze: bool = False, from_scratch: bool = False) -> None:
+                 prompt_align_temperature: float = 0.1, freeze: bool = False, from_scratch: bool = False,
+                 frame_per_occurrence: bool = False) -> None:
         super().__init__()
+        # occurrence k of <seg> in an answer reads the sample's k-th image (a clip's frame k) instead of its first:
+        # "Segment the red circle in every frame." -> one mask per frame in one answer
+        self.reads_every_image = frame_per_occurrence
         path = local_checkpoint(model_name_or_path, what="decoder sam")
         self.model: SamModel = init_from_config(SamModel, path) if from_scratch else load_pretrained(SamModel, path)
         if from_scratch:  # transformers initialises SAM for loading weights (near-zero activations); train from
@@ -161,6 +180,13 @@ class SamDecoder(Decoder):
         return SamPixels(pixel_values=out["pixel_values"], input_sizes=[tuple(map(int, s)) for s in out["reshaped_input_sizes"]],
                          original_sizes=[(im.height, im.width) for im in rgb])
 
+    def prepare_image_groups(self, groups: list[list[Image.Image]]) -> SamPixels:
+        flat = [im for group in groups for im in group]
+        pixels = self.prepare_images(flat)
+        starts = np.cumsum([0] + [len(g) for g in groups])
+        pixels.rows = [list(range(int(a), int(b))) for a, b in zip(starts[:-1], starts[1:])]
+        return pixels
+
     def prepare_target(self, target, image: Image.Image | None) -> Tensor:
         mask = torch.as_tensor(np.asarray(target)).to(torch.float32)
         if mask.ndim != 2:
@@ -184,8 +210,9 @@ class SamDecoder(Decoder):
                              "(the collator passes each sample's first image to SAM)")
         param = next(self.model.parameters())
         batch_index = inp.batch_index
-        samples, inverse = torch.unique(batch_index, return_inverse=True)  # one embedding per image in use
-        embeds = self.image_embeddings(pixels.pixel_values[samples.to(pixels.pixel_values.device)].to(param.device, param.dtype))
+        images = pixels.image_rows(batch_index)  # the image row each occurrence reads
+        rows, inverse = torch.unique(torch.tensor(images, dtype=torch.long), return_inverse=True)  # one embedding per image
+        embeds = self.image_embeddings(pixels.pixel_values[rows.to(pixels.pixel_values.device)].to(param.device, param.dtype))
         embeds = embeds[inverse.to(embeds.device)]  # (M, C, h, w): SAM repeats it per prompt the same way
         m = embeds.shape[0]
         positional = self.model.get_image_wide_positional_embeddings().expand(m, -1, -1, -1)
@@ -196,7 +223,6 @@ class SamDecoder(Decoder):
                                                multimask_output=False)
         low_res = low_res[:, 0, 0]  # (M, h, w)
         padded = tuple(pixels.pixel_values.shape[-2:])
-        images = batch_index.tolist()
         logits: list[Tensor | None] = [None] * m
         groups = []
         for idx in _group_by([(pixels.input_sizes[b], pixels.original_sizes[b]) for b in images]):

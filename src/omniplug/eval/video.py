@@ -90,11 +90,17 @@ def region_j(pred: np.ndarray, gold: np.ndarray) -> float:
     return mask_iou(pred, gold)[2]
 
 
-def segment_over_time(pipe, clips_dir: str | Path, *, n: int = 50, prompt: str = "Please segment {phrase}.") -> dict:
-    """For each clip's first mover, ask ``prompt`` of every frame (one request a frame, answered together through
-    continuous batching) and score the masks against the true per-frame masks: J, F and J&F (DAVIS / MeViS)."""
-    from omniplug.data.world.clips import read_clips
-    from omniplug.data.world.language import short_ref
+def segment_over_time(pipe, clips_dir: str | Path, *, n: int = 50, prompt: str | None = None,
+                      one_answer: bool = False, frames: int | None = None) -> dict:
+    """For each clip's first mover, ask for its mask in every frame and score the masks against the true per-frame
+    masks: J, F and J&F (DAVIS / MeViS). ``frames``: that many evenly spaced frames (default all). Per frame, one
+    request a frame ("Please segment {phrase}.", answered together through continuous batching); ``one_answer``:
+    every frame in one request ("Please segment {phrase} in every frame.", a model with ``frame_per_occurrence``
+    answering one mask per frame)."""
+    if prompt is None:
+        prompt = "Please segment {phrase} in every frame." if one_answer else "Please segment {phrase}."
+    from omniplug.data.images import evenly_spaced
+    from omniplug.data.world.clips import mover_phrase, read_clips
     from omniplug.data.world.masks import decode_rle
     from omniplug.infer.pipeline import Options, Request
     from PIL import Image
@@ -105,17 +111,23 @@ def segment_over_time(pipe, clips_dir: str | Path, *, n: int = 50, prompt: str =
     tracks = {(a["video_id"], a["object_id"]): a for a in data["annotations"]}
     js, fs, answered, total = [], [], 0, 0
     for clip, video in zip(clips, data["videos"]):
-        mover = clip.mover(clip.motions[0])
-        ref = short_ref(clip.scene, mover)
-        phrase = ref.text() if ref is not None else (f"the {mover.category}" if mover.is_composite
-                                                     else f"the {mover.colour} {mover.category}")
-        frames = [Image.open(root / name).convert("RGB") for name in video["file_names"]]
-        requests = [Request(prompt.format(phrase=phrase), [frame], options=Options(max_new_tokens=16)) for frame in frames]
-        gold = [decode_rle(rle) for rle in tracks[(video["id"], mover.id)]["segmentations"]]
-        for response, truth in zip(pipe.batch(requests), gold):
+        phrase = mover_phrase(clip)
+        picks = evenly_spaced(len(video["file_names"]), frames)
+        images = [Image.open(root / video["file_names"][i]).convert("RGB") for i in picks]
+        masks = tracks[(video["id"], clip.motions[0].object_id)]["segmentations"]
+        gold = [decode_rle(masks[i]) for i in picks]
+        if one_answer:  # every frame in one request, one mask per frame in the answer
+            response = pipe.batch([Request(prompt.format(phrase=phrase), images,
+                                           options=Options(max_new_tokens=8 + 2 * len(images)))])[0]
+            preds = [m.mask for m in response.masks[: len(images)]]
+        else:  # one request per frame, answered together
+            requests = [Request(prompt.format(phrase=phrase), [im], options=Options(max_new_tokens=16)) for im in images]
+            preds = [r.masks[0].mask if r.masks else None for r in pipe.batch(requests)]
+        preds += [None] * (len(gold) - len(preds))
+        for pred, truth in zip(preds, gold):
             total += 1
-            pred = response.masks[0].mask if response.masks else np.zeros_like(truth)
-            answered += bool(response.masks)
+            answered += pred is not None
+            pred = np.zeros_like(truth) if pred is None else pred
             js.append(region_j(pred, truth))
             fs.append(boundary_f(pred, truth))
     j, f = (float(np.mean(js)), float(np.mean(fs))) if js else (0.0, 0.0)

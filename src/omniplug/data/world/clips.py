@@ -183,3 +183,16 @@ def write_clip_examples(out_stem: str | Path, *, n: int = 8, seed: int = 0, spli
     png = stem.with_suffix(".png")
     contact_sheet(frames, [clip_caption(c) for c in clips]).save(png)
     return png, grid_gif(frames, stem.with_suffix(".gif"))
+
+
+def mover_phrase(clip: Clip, index: int = 0) -> str:
+    """How a request names the clip's ``index``-th mover: its shortest unique frame-0 referring expression
+    ("the red circle", "the car"), else its colour and category."""
+    from .language import short_ref
+
+    mover = clip.mover(clip.motions[index])
+    ref = short_ref(clip.scene, mover)
+    if ref is not None:
+        return ref.text()
+    return f"the {mover.category}" if mover.is_composite else f"the {mover.colour} {mover.category}"
+
