@@ -1,7 +1,8 @@
 """The clip model (configs/video/omni_clips.yaml: the bundled model taught clips) on the clip val and hold-out
 splits: clips it makes (per-frame object F1, motion accuracy, consistency, against a direction-blind generator),
-clips it reads (direction questions against the commonest answer, captions) and segments over time (J&F), and
-a GIF grid of the clips it makes for val and hold-out prompts.
+clips it reads (direction questions against the commonest answer, captions) and segments over time (J&F: one
+request per frame, and every frame in one request answered with a mask per frame), and a GIF grid of the clips it
+makes for val and hold-out prompts.
 
     python bench/video/clips_model.py           # ~25 min on 2 CPU threads -> clips_model.json, generated_clips.gif/.png
     python bench/video/clips_model.py --weights /root/runs/omni_clips   # a run's folder instead of the shipped weights
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         root = clip_split(split, max(args.n, args.n_gen))
         report = {"generation": evaluate_clips(model, root, n=args.n_gen, batch_size=8),
                   "questions": answer_clip_questions(model, root, n=args.n, batch_size=8),
-                  "segmentation": segment_over_time(pipe, root, n=args.n)}
+                  "segmentation": segment_over_time(pipe, root, n=args.n),
+                  "segmentation_one_answer": segment_over_time(pipe, root, n=args.n, one_answer=True, frames=4)}
         result["splits"][split] = report
         print(split, json.dumps(report), flush=True)
         for video in read_videos(root)[: args.rows]:

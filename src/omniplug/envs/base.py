@@ -65,6 +65,11 @@ class Environment(ABC):
     def expert_action(self) -> Any:
         """What the expert does in the current state."""
 
+    def episode_metrics(self) -> dict[str, float]:
+        """Measures of the episode just ended beyond success and return (e.g. driving: crashed, mean speed,
+        distance); ``omniplug eval --env`` reports their means. Default: none."""
+        return {}
+
     def close(self) -> None:
         """Release simulator resources."""
 

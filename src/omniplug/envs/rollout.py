@@ -40,6 +40,7 @@ class EpisodeResult:
     success: bool
     total_return: float
     length: int
+    metrics: dict[str, float] = field(default_factory=dict)  # Environment.episode_metrics()
 
 
 @dataclass
@@ -64,11 +65,17 @@ class RolloutReport:
     def mean_length(self) -> float:
         return float(np.mean([e.length for e in self.episodes])) if self.episodes else 0.0
 
+    def metric_means(self) -> dict[str, float]:
+        """The mean of every episode measure over the episodes that report it (e.g. ``success_overtake`` over the
+        overtaking episodes only)."""
+        names = sorted({k for e in self.episodes for k in e.metrics})
+        return {k: float(np.mean([e.metrics[k] for e in self.episodes if k in e.metrics])) for k in names}
+
     def summary(self) -> dict[str, Any]:
         return {"env": self.env, "episodes": len(self.episodes), "success_rate": self.success_rate,
                 "mean_return": self.mean_return, "mean_length": self.mean_length, "seconds": round(self.seconds, 2),
                 "policy_calls": self.policy_calls, "invalid_actions": self.invalid_actions, "gif": self.gif,
-                **self.extra}
+                **self.metric_means(), **self.extra}
 
     def to_json(self) -> dict[str, Any]:
         return {**self.summary(), "per_episode": [asdict(e) for e in self.episodes]}
@@ -182,7 +189,7 @@ def evaluate(policy: Policy | str, env_name: str, *, episodes: int, seed: int = 
                     frames[slot["seed"]].append(step.observation.image)
                 if step.done or slot["len"] >= envs[i].max_steps:
                     results.append(EpisodeResult(seed=slot["seed"], success=bool(step.success), total_return=slot["ret"],
-                                                 length=slot["len"]))
+                                                 length=slot["len"], metrics=envs[i].episode_metrics()))
                     if slot["seed"] in frames:
                         frames[slot["seed"]].append(_border(step.observation.image, step.success))
                     start_episode(i)

@@ -1,0 +1,261 @@
+"""``highway``: driving on highway-env's multi-lane motorway, with language missions and an IDM/MOBIL expert.
+
+Observation: a top-down frame that follows the ego car (``image_size`` px square, ``view_metres`` across; the ego
+car is green, the others blue), the mission as the instruction, and ``Observation.state``: highway-env's
+kinematics of the ego car and its 4 nearest neighbours (presence, x, y, vx, vy; relative to the ego car, scaled as
+highway-env scales them), stored with demonstrations for the ``state`` encoder.
+
+Missions (``mission``; ``random`` draws one per episode from its seed):
+
+* ``cruise`` — "drive on without crashing": success = no crash for the whole episode;
+* ``keep_right`` — "keep to the right lane": no crash, and at least ``right_share`` of the steps after the
+  first 3 in the rightmost lane;
+* ``overtake`` — "overtake the car ahead": no crash, and the episode ends with the ego car in front of the car
+  that was nearest ahead of it in its lane at the start.
+
+Actions (``actions``): ``meta`` — highway-env's discrete meta-actions (LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER:
+its own lane-keeping and speed controllers below them, 1 decision a second); ``continuous`` — acceleration and
+steering in [-1, 1] (mapped to [-5, 5] m/s² and [-45°, 45°]), 5 decisions a second.
+
+The expert is highway-env's own IDM/MOBIL driver in the ego car's place: a shadow ``IDMVehicle`` built from the ego
+state (the ego car taken off the road while the shadow looks around) chooses the lane (MOBIL; the mission biases
+it: the rightmost lane when the change is safe for ``keep_right``, any lane with a gain for ``overtake``) and the
+acceleration (IDM towards the top speed); its decision is mapped to the action space. Per-episode measures
+(``episode_metrics``): crashed, mean speed (m/s), distance travelled (m), share of steps in the rightmost lane,
+lane changes, mission success.
+
+highway-env renders offscreen with pygame; do not set ``SDL_VIDEODRIVER=dummy`` (frames come out black).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import numpy as np
+
+from omniplug.actions.space import ActionSpace
+from omniplug.envs.base import ENVS, Environment, Observation, Step, missing_simulator
+
+MISSIONS = {
+    "cruise": "drive on without crashing",
+    "keep_right": "keep to the right lane",
+    "overtake": "overtake the car ahead",
+}
+META_ACTIONS = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")  # highway-env's DiscreteMetaAction order
+ACCELERATION, STEERING = 5.0, np.pi / 4  # ContinuousAction's ranges: [-x, x]
+
+
+@ENVS.register("highway")
+class HighwayEnv(Environment):
+    def __init__(self, *, mission: Literal["random", "cruise", "keep_right", "overtake"] = "random",
+                 actions: Literal["meta", "continuous"] = "meta", image_size: int = 64, view_metres: float = 48.0,
+                 lanes: int = 3, vehicles: int = 20, density: float = 1.0, duration: int = 30,
+                 right_share: float = 0.8) -> None:
+        if mission != "random" and mission not in MISSIONS:
+            raise ValueError(f"highway: unknown mission {mission!r}; choose random or one of {sorted(MISSIONS)}")
+        if actions not in ("meta", "continuous"):
+            raise ValueError(f"highway: actions must be 'meta' or 'continuous', got {actions!r}")
+        if image_size < 16 or view_metres <= 0 or lanes < 2 or duration < 1 or not 0 < right_share <= 1:
+            raise ValueError("highway: image_size >= 16, view_metres > 0, lanes >= 2, duration >= 1 and right_share "
+                             "in (0, 1] are required")
+        if os.environ.get("SDL_VIDEODRIVER") == "dummy":
+            raise RuntimeError("highway: SDL_VIDEODRIVER=dummy makes highway-env render black frames; unset it")
+        try:
+            import gymnasium as gym
+            import highway_env  # noqa: F401  (registers the environments)
+        except ImportError as exc:
+            raise missing_simulator("highway-env", exc) from None
+        self.mission_option, self.actions, self.right_share = mission, actions, right_share
+        self.policy_hz = 1 if actions == "meta" else 5
+        self._horizon = 1.0 / self.policy_hz + 1.0  # seconds a lane change must leave room for
+        config = {
+            "observation": {"type": "Kinematics", "vehicles_count": 5, "features": ["presence", "x", "y", "vx", "vy"],
+                            "absolute": False, "normalize": True},
+            "action": {"type": "DiscreteMetaAction", "target_speeds": [15, 20, 25, 30]} if actions == "meta" else
+                      {"type": "ContinuousAction", "acceleration_range": (-ACCELERATION, ACCELERATION),
+                       "steering_range": (-STEERING, STEERING)},
+            "lanes_count": lanes, "vehicles_count": vehicles, "vehicles_density": density, "duration": duration,
+            "simulation_frequency": 5 if actions == "meta" else 15, "policy_frequency": self.policy_hz,
+            "screen_width": image_size, "screen_height": image_size, "scaling": image_size / view_metres,
+            "centering_position": [0.3, 0.5], "offscreen_rendering": True, "render_agent": True,
+        }
+        self._env = gym.make("highway-fast-v0", render_mode="rgb_array", config=config)
+        self.max_steps = duration * self.policy_hz
+        if actions == "meta":
+            self.action_space = ActionSpace(kind="discrete", names=tuple(a.lower() for a in META_ACTIONS))
+        else:
+            self.action_space = ActionSpace(kind="continuous", dim=2, low=(-1.0, -1.0), high=(1.0, 1.0))
+        self.mission = "cruise"
+        self._kinematics: np.ndarray | None = None
+
+    # --- episode ----------------------------------------------------------------------------------------
+    @property
+    def road(self):
+        return self._env.unwrapped.road
+
+    @property
+    def ego(self):
+        return self._env.unwrapped.vehicle
+
+    def reset(self, seed: int) -> Observation:
+        if self.mission_option == "random":
+            self.mission = sorted(MISSIONS)[int(np.random.default_rng(int(seed)).integers(len(MISSIONS)))]
+        else:
+            self.mission = self.mission_option
+        self._kinematics, _ = self._env.reset(seed=int(seed))
+        ego = self.ego
+        self._start_x = float(ego.position[0])
+        self._target = self._slow_car_ahead() if self.mission == "overtake" else None
+        self._speeds: list[float] = []
+        self._right: list[bool] = []
+        self._lane_changes = 0
+        self._lane = self._goal_lane = ego.lane_index
+        self._steps = 0
+        return self._observe()
+
+    def _slow_car_ahead(self, gap: float = 25.0, speed: float = 18.0):
+        """The overtake mission's car: the nearest car ahead in the ego lane, set ``gap`` metres ahead, driving at
+        ``speed`` m/s and keeping its lane (a car is brought over from elsewhere when the lane ahead is empty)."""
+        ego, road = self.ego, self.road
+        lane = road.network.get_lane(ego.lane_index)
+        ahead = road.neighbour_vehicles(ego, ego.lane_index)[0]
+        if ahead is None:
+            ahead = min((v for v in road.vehicles if v is not ego), key=lambda v: abs(v.position[0] - ego.position[0]))
+        s = lane.local_coordinates(ego.position)[0] + gap
+        if lane.local_coordinates(ahead.position)[0] > s:  # farther than gap: bring it closer
+            ahead.position = lane.position(s, 0)
+        ahead.heading = lane.heading_at(lane.local_coordinates(ahead.position)[0])
+        ahead.lane_index = ahead.target_lane_index = ego.lane_index
+        ahead.lane = lane
+        ahead.speed = ahead.target_speed = speed
+        ahead.enable_lane_change = False
+        return ahead
+
+    def _observe(self) -> Observation:
+        return Observation(image=np.ascontiguousarray(self._env.render(), dtype=np.uint8),
+                           instruction=MISSIONS[self.mission], state=self.state())
+
+    def state(self) -> np.ndarray:
+        return np.asarray(self._kinematics, dtype=np.float32).reshape(-1)
+
+    def rightmost(self) -> bool:
+        return self.ego.lane_index[2] == len(self.road.network.all_side_lanes(self.ego.lane_index)) - 1
+
+    def step(self, action: Any) -> Step:
+        if self.actions == "meta":
+            a: Any = int(np.asarray(action).reshape(-1)[0])
+            if not 0 <= a < len(META_ACTIONS):
+                raise ValueError(f"highway: meta-action {a} is not one of 0..{len(META_ACTIONS) - 1} ({META_ACTIONS})")
+        else:
+            a = np.clip(np.asarray(action, dtype=np.float32).reshape(2), -1.0, 1.0)
+        self._kinematics, reward, terminated, truncated, _ = self._env.step(a)
+        ego = self.ego
+        self._steps += 1
+        self._speeds.append(float(ego.speed))
+        self._right.append(self.rightmost())
+        if ego.lane_index[2] != self._lane[2]:
+            self._lane_changes += 1
+            self._lane = ego.lane_index
+        done = bool(terminated or truncated) or self._steps >= self.max_steps
+        return Step(observation=self._observe(), reward=float(reward), done=done, success=bool(done and self.succeeded()))
+
+    def succeeded(self) -> bool:
+        if self.ego.crashed:
+            return False
+        if self.mission == "keep_right":
+            settled = self._right[3 * self.policy_hz:] or self._right
+            return float(np.mean(settled)) >= self.right_share
+        if self.mission == "overtake":
+            return self._target is None or bool(self.ego.position[0] > self._target.position[0])
+        return True
+
+    def episode_metrics(self) -> dict[str, float]:
+        return {"crashed": float(self.ego.crashed), "mean_speed": float(np.mean(self._speeds)) if self._speeds else 0.0,
+                "distance": float(self.ego.position[0] - self._start_x),
+                "right_lane_share": float(np.mean(self._right)) if self._right else 0.0,
+                "lane_changes": float(self._lane_changes), f"success_{self.mission}": float(self.succeeded())}
+
+    # --- the expert -----------------------------------------------------------------------------------
+    def _shadow(self):
+        """highway-env's IDM/MOBIL driver in the ego car's place, aiming for the top speed."""
+        from highway_env.vehicle.behavior import IDMVehicle
+
+        ego = self.ego
+        shadow = IDMVehicle(self.road, ego.position, heading=ego.heading, speed=ego.speed,
+                            target_lane_index=self._goal_lane, target_speed=float(max(getattr(ego, "target_speeds", [30.0]))))
+        shadow.timer = shadow.LANE_CHANGE_DELAY + 1.0  # decide now, not on MOBIL's own clock
+        return shadow
+
+    def _passing(self) -> bool:
+        return self.mission == "overtake" and self._target is not None and \
+            self.ego.position[0] < self._target.position[0] + 10.0
+
+    def _target_lane(self, shadow) -> tuple:
+        """The lane the expert wants: MOBIL's choice, or for keep_right the rightmost lane when moving there is
+        safe for the car behind and for the ego car."""
+        lane = self.ego.lane_index
+        if self._passing() and self._target.lane_index == lane:  # pull out: the safe side lane with most room
+            sides = []
+            for side in self.road.network.side_lanes(lane):
+                front = self.road.neighbour_vehicles(shadow, side)[0]
+                room = np.inf if front is None else front.position[0] - shadow.position[0]
+                if _safe(shadow, side, self._horizon) and room > 15.0:
+                    sides.append((room, side))
+            return max(sides)[1] if sides else lane
+        if self.mission == "keep_right":
+            right = (lane[0], lane[1], lane[2] + 1)
+            if right in self.road.network.side_lanes(lane) and _safe(shadow, right, self._horizon):
+                return right
+            return lane
+        shadow.target_lane_index = lane
+        shadow.change_lane_policy()
+        target = shadow.target_lane_index
+        return target if target == lane or _safe(shadow, target, self._horizon) else lane
+
+    def expert_action(self) -> Any:
+        ego, road = self.ego, self.road
+        road.vehicles.remove(ego)  # the shadow stands where the ego car is: it must not see it
+        try:
+            if self.actions == "meta":  # the ego car's own lane controller holds the lane it was sent to
+                self._goal_lane = ego.target_lane_index
+            changing = ego.lane_index != self._goal_lane
+            shadow = self._shadow()
+            target = self._goal_lane if changing else self._target_lane(shadow)
+            self._goal_lane = target
+            accel, room = np.inf, np.inf
+            for lane in {ego.lane_index, target}:  # IDM in the lane it is in and the lane it goes to
+                front, rear = road.neighbour_vehicles(shadow, lane)
+                accel = min(accel, shadow.acceleration(ego_vehicle=shadow, front_vehicle=front, rear_vehicle=rear))
+                if front is not None:  # the gap left after the time to the next decision and one more second
+                    room = min(room, front.position[0] - ego.position[0] - max(ego.speed - front.speed, 0) * self._horizon)
+            steering = shadow.steering_control(target)
+        finally:
+            road.vehicles.insert(0, ego)
+        if self.actions == "continuous":
+            return np.array([np.clip(accel / ACCELERATION, -1, 1), np.clip(steering / STEERING, -1, 1)], dtype=np.float32)
+        if not changing and target != ego.lane_index:
+            return META_ACTIONS.index("LANE_RIGHT" if target[2] > ego.lane_index[2] else "LANE_LEFT")
+        if (accel < -1.0 or room < 10.0) and ego.speed_index > 0:
+            return META_ACTIONS.index("SLOWER")
+        if accel > 0.5 and ego.speed_index < len(ego.target_speeds) - 1:
+            return META_ACTIONS.index("FASTER")
+        return META_ACTIONS.index("IDLE")
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def _safe(shadow, lane_index, horizon: float = 2.0) -> bool:
+    """MOBIL's safety criterion (after the change neither the new follower nor the ego car brakes harder than MOBIL
+    allows), and room for ``horizon`` seconds at today's speeds: with one decision a second the ego car cannot brake
+    out of a gap that closes before its next decision."""
+    preceding, following = shadow.road.neighbour_vehicles(shadow, lane_index)
+    limit = -shadow.LANE_CHANGE_MAX_BRAKING_IMPOSED
+    if shadow.acceleration(ego_vehicle=following, front_vehicle=shadow) < limit or \
+            shadow.acceleration(ego_vehicle=shadow, front_vehicle=preceding) < limit:
+        return False
+    x, v = shadow.position[0], shadow.speed
+    if preceding is not None and preceding.position[0] - x - max(v - preceding.speed, 0.0) * horizon < 12.0:
+        return False
+    return following is None or x - following.position[0] - max(following.speed - v, 0.0) * horizon >= 8.0

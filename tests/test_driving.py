@@ -1,0 +1,88 @@
+"""Driving (issue 26): highway-env with language missions and highway-env's own IDM/MOBIL driver as the expert.
+The expert finishes each mission without crashing, episodes carry the driving measures, demonstrations round-trip
+through the demos reader, and bad missions or options fail with the reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("highway_env")
+
+from omniplug.envs import make_env  # noqa: E402
+from omniplug.envs.collect import run_expert_episode  # noqa: E402
+
+
+@pytest.mark.parametrize("mission", ["cruise", "keep_right", "overtake"])
+def test_the_expert_completes_each_mission_without_crashing(mission):
+    env = make_env("highway", mission=mission, duration=20)
+    try:
+        for seed in (0, 1):
+            episode = run_expert_episode(env, seed=seed)
+            metrics = env.episode_metrics()
+            assert episode.success and metrics["crashed"] == 0.0, (mission, seed, metrics)
+            assert metrics[f"success_{mission}"] == 1.0 and metrics["mean_speed"] > 10 and metrics["distance"] > 100
+            assert episode.instruction == {"cruise": "drive on without crashing", "keep_right": "keep to the right lane",
+                                           "overtake": "overtake the car ahead"}[mission]
+        if mission == "keep_right":
+            assert metrics["right_lane_share"] >= 0.8
+    finally:
+        env.close()
+
+
+def test_observations_actions_and_the_continuous_expert():
+    env = make_env("highway", mission="random", actions="continuous", duration=4, image_size=48)
+    try:
+        obs = env.reset(5)
+        assert obs.image.shape == (48, 48, 3) and obs.image.dtype == np.uint8 and obs.image.std() > 5  # not black
+        assert obs.state.shape == (25,) and obs.state[0] == 1.0  # the ego car is present
+        assert env.action_space.kind == "continuous" and env.max_steps == 20
+        episode = run_expert_episode(env, seed=5)
+        assert episode.actions.shape == (20, 2) and np.abs(episode.actions).max() <= 1.0 and not env.ego.crashed
+        missions = {make_env("highway", duration=1).reset(s).instruction for s in range(12)}
+        assert len(missions) == 3  # random: one mission per seed, all three drawn
+    finally:
+        env.close()
+    meta = make_env("highway", duration=2)
+    assert meta.action_space.names == ("lane_left", "idle", "lane_right", "faster", "slower")
+    meta.reset(0)
+    with pytest.raises(ValueError, match="meta-action 7 is not one of 0..4"):
+        meta.step(7)
+
+
+def test_bad_missions_and_options_fail_clearly(monkeypatch):
+    from omniplug.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="mission.*'cruise', 'keep_right', 'overtake'.*'take_exit'"):
+        make_env("highway", mission="take_exit")
+    with pytest.raises(ConfigError, match="actions.*'meta', 'continuous'.*'wheel'"):
+        make_env("highway", actions="wheel")
+    with pytest.raises(ValueError, match="lanes >= 2"):
+        make_env("highway", lanes=1)
+    with pytest.raises(ConfigError, match="lanez"):
+        make_env("highway", lanez=3)
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    with pytest.raises(RuntimeError, match="black frames"):
+        make_env("highway")
+
+
+def test_demos_of_driving_round_trip_and_evaluation_reports_driving_measures(tmp_path, capsys):
+    from omniplug.cli import main
+    from omniplug.data.demos import DemoDataset
+
+    out = tmp_path / "demos"
+    assert main(["demos", "collect", "--env", "highway", "--episodes", "2", "--out", str(out), "--seed", "3",
+                 "--option", "duration=5", "--option", "mission=cruise"]) == 0
+    assert "expert success 1.000" in capsys.readouterr().out
+    sample = DemoDataset(data_dir=str(out), split="train", val_episodes=1)[0]
+    assert sample.turns[0].text == "drive on without crashing" and sample.images[0].size == (64, 64)
+    assert 0 <= int(sample.targets["act"][0].future[0]) < 5
+    assert main(["demos", "rollout", "--expert", "--env", "highway", "--episodes", "2", "--num-envs", "2", "--seed", "200",
+                 "--option", "duration=5", "--out", str(tmp_path / "roll")]) == 0
+    metrics = json.loads((tmp_path / "roll" / "metrics.json").read_text())
+    assert metrics["crashed"] == 0.0 and metrics["mean_speed"] > 10 and "right_lane_share" in metrics
+    assert all("distance" in e["metrics"] for e in metrics["per_episode"])
+    assert Image.open(tmp_path / "roll" / "rollouts.gif").n_frames > 2
