@@ -79,10 +79,33 @@ def test_demos_of_driving_round_trip_and_evaluation_reports_driving_measures(tmp
     assert "expert success 1.000" in capsys.readouterr().out
     sample = DemoDataset(data_dir=str(out), split="train", val_episodes=1)[0]
     assert sample.turns[0].text == "drive on without crashing" and sample.images[0].size == (64, 64)
-    assert 0 <= int(sample.targets["act"][0].future[0]) < 5
+    assert 0 <= int(sample.targets["act"][0].future[0]) < 5 and sample.turns[1].text == "<act>"
+    said = DemoDataset(data_dir=str(out), reasoning="narrate")  # say why, then act
+    answers = [said[i].turns[1].text for i in range(len(said))]
+    reasons = ("slow down", "speed up", "keep the lane and the speed", "change lane", "changing lane")
+    for i, answer in enumerate(answers):
+        why, act = answer.rsplit(" ", 1)
+        assert act == "<act>" and any(r in why for r in reasons), answer
+        action = int(said[i].targets["act"][0].future[0])
+        if "slow down" in why:
+            assert action == 4
+        if "speed up" in why:
+            assert action == 3
     assert main(["demos", "rollout", "--expert", "--env", "highway", "--episodes", "2", "--num-envs", "2", "--seed", "200",
                  "--option", "duration=5", "--out", str(tmp_path / "roll")]) == 0
+    with pytest.raises(ValueError, match="needs the expert's narrations"):
+        DemoDataset(data_dir=str(_babyai_demos(tmp_path)), reasoning="narrate")
     metrics = json.loads((tmp_path / "roll" / "metrics.json").read_text())
     assert metrics["crashed"] == 0.0 and metrics["mean_speed"] > 10 and "right_lane_share" in metrics
     assert all("distance" in e["metrics"] for e in metrics["per_episode"])
     assert Image.open(tmp_path / "roll" / "rollouts.gif").n_frames > 2
+
+
+def _babyai_demos(tmp_path):
+    """Demonstrations of an environment whose expert does not narrate."""
+    from omniplug.envs.collect import collect_demos
+
+    pytest.importorskip("minigrid")
+    collect_demos("babyai-gotolocal", episodes=1, out=tmp_path / "babyai")
+    return tmp_path / "babyai"
+

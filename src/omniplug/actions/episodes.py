@@ -19,6 +19,8 @@
                                  (BabyAI's agent view: minigrid's (7, 7, 3) encoding), for grounding data
                          states  float32 (T+1, K), optional: the environment's low-dimensional state shown by
                                  each frame (Reacher: cos/sin of both joints, target x, y), for the `state` reader
+                         narrations  unicode (T,), optional: why the expert took each action, in words
+                                 ("the car ahead is slower and the left lane is free: change lane left")
 
 No pickle anywhere: ``.npz`` files are read with ``allow_pickle=False``; everything else is JSON.
 """
@@ -51,6 +53,7 @@ class Episode:
     success: bool
     grids: np.ndarray | None = None  # (T+1, ...) uint8: the symbolic view of each frame, when the env has one
     states: np.ndarray | None = None  # (T+1, K) float32: the state each frame shows, when the env gives one
+    narrations: np.ndarray | None = None  # (T,) str: the expert's reason for each action, when the env gives one
 
     def __post_init__(self) -> None:
         t = len(self.actions)
@@ -61,6 +64,8 @@ class Episode:
             raise ValueError(f"an episode of {t} actions needs {t + 1} grids, got {len(self.grids)}")
         if self.states is not None and (self.states.ndim != 2 or len(self.states) != t + 1):
             raise ValueError(f"an episode of {t} actions needs ({t + 1}, K) states, got {self.states.shape}")
+        if self.narrations is not None and len(self.narrations) != t:
+            raise ValueError(f"an episode of {t} actions needs {t} narrations, got {len(self.narrations)}")
 
     @property
     def length(self) -> int:
@@ -114,6 +119,8 @@ class EpisodeWriter:
             arrays["grids"] = ep.grids.astype(np.uint8)
         if ep.states is not None:
             arrays["states"] = ep.states.astype(np.float32)
+        if ep.narrations is not None:
+            arrays["narrations"] = np.asarray(ep.narrations, dtype=str)  # fixed-width unicode: no pickle
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, self.out / rel)
         rec = EpisodeRecord(file=rel, seed=ep.seed, instruction=ep.instruction, length=ep.length,
@@ -172,7 +179,8 @@ def read_episode(directory: str | Path, record: EpisodeRecord) -> Episode:
     with np.load(Path(directory).expanduser() / record.file, allow_pickle=False) as z:
         return Episode(frames=z["frames"], actions=z["actions"], rewards=z["rewards"], instruction=record.instruction,
                        seed=record.seed, success=record.success, grids=z["grids"] if "grids" in z.files else None,
-                       states=z["states"] if "states" in z.files else None)
+                       states=z["states"] if "states" in z.files else None,
+                       narrations=z["narrations"] if "narrations" in z.files else None)
 
 
 def read_actions(directory: str | Path) -> list[np.ndarray]:

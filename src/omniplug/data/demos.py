@@ -12,6 +12,10 @@ Episodes are split by position in the index: ``val_episodes`` at the end are ``s
 before the episode start) as ``k`` images of the user turn: velocity for continuous control,
 memory for partial views. Evaluation reads ``history`` from the same dataset entry, so the
 policy is rolled out with the observations it was trained on.
+
+``reasoning`` puts a thought before ``<act>``: ``where`` (BabyAI: where the mission's object is, from the
+stored grids), ``narrate`` (the expert's own reason for the action, stored with the episode when its
+environment narrates: driving's "the car ahead is slower and the left lane is free: change lane left").
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class DemoDataset(Dataset):
                  max_episodes: int | None = None, success_only: bool = True, prompt: str = DEFAULT_PROMPT,
                  trigger: str = "<act>", task: str = "act", max_future: int = 16, stride: int = 1,
                  image_size: int | None = None, history: int = 1,
-                 reasoning: Literal["none", "where"] = "none") -> None:
+                 reasoning: Literal["none", "where", "narrate"] = "none") -> None:
         meta = read_meta(data_dir)
         self.space = ActionSpace.from_json(meta["action_space"])
         records = split_records(read_index(data_dir), split, val_episodes)
@@ -51,8 +55,8 @@ class DemoDataset(Dataset):
         self.data_dir, self.prompt, self.trigger, self.task = data_dir, prompt, trigger, task
         self.max_future, self.image_size, self.history = max_future, image_size, history
         self.env = meta.get("env", "")
-        if reasoning not in ("none", "where"):
-            raise ValueError(f"reasoning must be 'none' or 'where', got {reasoning!r}")
+        if reasoning not in ("none", "where", "narrate"):
+            raise ValueError(f"reasoning must be 'none', 'where' or 'narrate', got {reasoning!r}")
         self.reasoning = reasoning
         self.episodes = [read_episode(data_dir, r) for r in records]
         if reasoning == "where":
@@ -61,6 +65,11 @@ class DemoDataset(Dataset):
                     raise ValueError(f"reasoning: where needs the symbolic grids in {data_dir}/{r.file}; collect the "
                                      f"demonstrations with `omniplug demos collect --env babyai-... --option view=agent`")
                 mission_target(ep.instruction)  # fails now, naming the mission, rather than mid-training
+        if reasoning == "narrate":
+            for r, ep in zip(records, self.episodes):
+                if ep.narrations is None:
+                    raise ValueError(f"reasoning: narrate needs the expert's narrations in {data_dir}/{r.file}; collect "
+                                     f"the demonstrations in an environment whose expert narrates (e.g. highway)")
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(0, ep.length, stride)]
 
     def __len__(self) -> int:
@@ -80,6 +89,8 @@ class DemoDataset(Dataset):
     def _thought(self, ep, t: int) -> str:
         if self.reasoning == "none":
             return ""
+        if self.reasoning == "narrate":
+            return str(ep.narrations[t]) + " "
         return where_is(ep.grids[t], *mission_target(ep.instruction)) + " "
 
     def _image(self, frame: np.ndarray) -> Image.Image:

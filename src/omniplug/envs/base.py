@@ -65,6 +65,11 @@ class Environment(ABC):
     def expert_action(self) -> Any:
         """What the expert does in the current state."""
 
+    def expert_narration(self) -> str | None:
+        """Why the expert chose its last action (``expert_action``), in words, when the environment can say it
+        (driving: "the car ahead is close: slow down"); stored with demonstrations for ``reasoning: narrate``."""
+        return None
+
     def episode_metrics(self) -> dict[str, float]:
         """Measures of the episode just ended beyond success and return (e.g. driving: crashed, mean speed,
         distance); ``omniplug eval --env`` reports their means. Default: none."""

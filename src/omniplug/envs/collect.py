@@ -51,9 +51,11 @@ def collect_demos(env_name: str, *, episodes: int, out: str | Path, seed: int = 
 def run_expert_episode(env, *, seed: int) -> Episode:
     obs = env.reset(seed)
     frames, actions, rewards, grids, states = [obs.image], [], [], [obs.grid], [obs.state]
+    notes: list[str | None] = []
     success = False
     for _ in range(env.max_steps):
         action = env.expert_action()
+        notes.append(env.expert_narration())
         step = env.step(action)
         frames.append(step.observation.image)
         grids.append(step.observation.grid)
@@ -66,4 +68,5 @@ def run_expert_episode(env, *, seed: int) -> Episode:
     return Episode(frames=np.stack(frames), actions=np.asarray(actions), rewards=np.asarray(rewards, dtype=np.float32),
                    instruction=obs.instruction, seed=seed, success=success,
                    grids=np.stack(grids) if all(g is not None for g in grids) else None,
-                   states=np.stack(states).astype(np.float32) if all(s is not None for s in states) else None)
+                   states=np.stack(states).astype(np.float32) if all(s is not None for s in states) else None,
+                   narrations=np.asarray(notes, dtype=str) if notes and all(n is not None for n in notes) else None)

@@ -22,7 +22,9 @@ state (the ego car taken off the road while the shadow looks around) chooses the
 it: the rightmost lane when the change is safe for ``keep_right``, any lane with a gain for ``overtake``) and the
 acceleration (IDM towards the top speed); its decision is mapped to the action space. Per-episode measures
 (``episode_metrics``): crashed, mean speed (m/s), distance travelled (m), share of steps in the rightmost lane,
-lane changes, mission success.
+lane changes, mission success. The expert also says why (``expert_narration``): "the slow car is ahead and the left
+lane is free: change lane left", "the car ahead is close: slow down", ... — stored with demonstrations for the
+``demos`` reader's ``reasoning: narrate`` (say why, then act).
 
 highway-env renders offscreen with pygame; do not set ``SDL_VIDEODRIVER=dummy`` (frames come out black).
 """
@@ -88,6 +90,7 @@ class HighwayEnv(Environment):
             self.action_space = ActionSpace(kind="continuous", dim=2, low=(-1.0, -1.0), high=(1.0, 1.0))
         self.mission = "cruise"
         self._kinematics: np.ndarray | None = None
+        self._narration: str | None = None
 
     # --- episode ----------------------------------------------------------------------------------------
     @property
@@ -112,6 +115,7 @@ class HighwayEnv(Environment):
         self._lane_changes = 0
         self._lane = self._goal_lane = ego.lane_index
         self._steps = 0
+        self._narration: str | None = None
         return self._observe()
 
     def _slow_car_ahead(self, gap: float = 25.0, speed: float = 18.0):
@@ -232,15 +236,38 @@ class HighwayEnv(Environment):
             steering = shadow.steering_control(target)
         finally:
             road.vehicles.insert(0, ego)
+        side = "right" if target[2] > ego.lane_index[2] else "left"
+        why = self._why_change(side) if target != ego.lane_index else None
         if self.actions == "continuous":
+            if why is None:
+                why = "the car ahead is close: slow down" if accel < -1.0 or room < 10.0 else \
+                    "the lane ahead is clear: speed up" if accel > 0.5 else "keep the lane and the speed"
+            elif changing:
+                why = f"changing lane {side}"
+            self._narration = why
             return np.array([np.clip(accel / ACCELERATION, -1, 1), np.clip(steering / STEERING, -1, 1)], dtype=np.float32)
-        if not changing and target != ego.lane_index:
-            return META_ACTIONS.index("LANE_RIGHT" if target[2] > ego.lane_index[2] else "LANE_LEFT")
+        if not changing and why is not None:
+            self._narration = why
+            return META_ACTIONS.index("LANE_RIGHT" if side == "right" else "LANE_LEFT")
         if (accel < -1.0 or room < 10.0) and ego.speed_index > 0:
+            self._narration = "the car ahead is close: slow down"
             return META_ACTIONS.index("SLOWER")
         if accel > 0.5 and ego.speed_index < len(ego.target_speeds) - 1:
+            self._narration = "the lane ahead is clear: speed up"
             return META_ACTIONS.index("FASTER")
+        self._narration = f"changing lane {side}" if changing else "keep the lane and the speed"
         return META_ACTIONS.index("IDLE")
+
+    def _why_change(self, side: str) -> str:
+        if self._passing():
+            return f"the slow car is ahead and the {side} lane is free: change lane {side}"
+        if self.mission == "keep_right":
+            return "the right lane is free: change lane right"
+        return f"the {side} lane moves faster: change lane {side}"
+
+    def expert_narration(self) -> str | None:
+        """The reason for the last expert action, from the state the expert decided on."""
+        return self._narration
 
     def close(self) -> None:
         self._env.close()
