@@ -268,3 +268,18 @@ def test_a_tiny_trained_video_decoder_moves_objects_the_way_it_is_told(tmp_path)
         read.append(direction_of(track, min_travel=1.0))
     accuracy = np.mean([r == ("right" if d else "left") for r, d in zip(read, which.tolist())])
     assert accuracy >= 0.875, read
+
+
+def test_weights_stored_in_half_precision_load_back(tiny_dir, tmp_path):
+    from omniplug.build import build_model
+    from omniplug.weights import load_trainable, save_half, save_trainable, trainable_state_dict
+
+    model = build_model(tiny_dir / "seg.yaml")
+    full = save_trainable(model, tmp_path / "run")
+    half = save_half(tmp_path / "run", tmp_path / "shipped")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    again = build_model(tiny_dir / "seg.yaml")
+    load_trainable(again, tmp_path / "shipped")
+    before, after = trainable_state_dict(model), trainable_state_dict(again)
+    assert all(after[k].dtype == before[k].dtype for k in before)
+    assert max((after[k].float() - before[k].float()).abs().max().item() for k in before) < 1e-2

@@ -45,6 +45,22 @@ MISSIONS = {
     "overtake": "overtake the car ahead",
 }
 META_ACTIONS = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")  # highway-env's DiscreteMetaAction order
+# what the expert says before it acts ({side}: left | right)
+WHY = {
+    "pass": "the slow car is ahead and the {side} lane is free: change lane {side}",
+    "keep_right": "the right lane is free: change lane right",
+    "faster_lane": "the {side} lane moves faster: change lane {side}",
+    "changing": "changing lane {side}",
+    "close": "the car ahead is close: slow down",
+    "clear": "the lane ahead is clear: speed up",
+    "steady": "keep the lane and the speed",
+}
+
+
+def driving_texts() -> list[str]:
+    """Every text of the environment: missions, action names and the expert's narrations (for a tokenizer)."""
+    sides = [t.format(side=side) for t in WHY.values() for side in ("left", "right")]
+    return [*MISSIONS.values(), " ".join(a.lower() for a in META_ACTIONS), *dict.fromkeys(sides)]
 ACCELERATION, STEERING = 5.0, np.pi / 4  # ContinuousAction's ranges: [-x, x]
 
 
@@ -240,30 +256,29 @@ class HighwayEnv(Environment):
         why = self._why_change(side) if target != ego.lane_index else None
         if self.actions == "continuous":
             if why is None:
-                why = "the car ahead is close: slow down" if accel < -1.0 or room < 10.0 else \
-                    "the lane ahead is clear: speed up" if accel > 0.5 else "keep the lane and the speed"
+                why = WHY["close"] if accel < -1.0 or room < 10.0 else WHY["clear"] if accel > 0.5 else WHY["steady"]
             elif changing:
-                why = f"changing lane {side}"
+                why = WHY["changing"].format(side=side)
             self._narration = why
             return np.array([np.clip(accel / ACCELERATION, -1, 1), np.clip(steering / STEERING, -1, 1)], dtype=np.float32)
         if not changing and why is not None:
             self._narration = why
             return META_ACTIONS.index("LANE_RIGHT" if side == "right" else "LANE_LEFT")
         if (accel < -1.0 or room < 10.0) and ego.speed_index > 0:
-            self._narration = "the car ahead is close: slow down"
+            self._narration = WHY["close"]
             return META_ACTIONS.index("SLOWER")
         if accel > 0.5 and ego.speed_index < len(ego.target_speeds) - 1:
-            self._narration = "the lane ahead is clear: speed up"
+            self._narration = WHY["clear"]
             return META_ACTIONS.index("FASTER")
-        self._narration = f"changing lane {side}" if changing else "keep the lane and the speed"
+        self._narration = WHY["changing"].format(side=side) if changing else WHY["steady"]
         return META_ACTIONS.index("IDLE")
 
     def _why_change(self, side: str) -> str:
         if self._passing():
-            return f"the slow car is ahead and the {side} lane is free: change lane {side}"
+            return WHY["pass"].format(side=side)
         if self.mission == "keep_right":
-            return "the right lane is free: change lane right"
-        return f"the {side} lane moves faster: change lane {side}"
+            return WHY["keep_right"]
+        return WHY["faster_lane"].format(side=side)
 
     def expert_narration(self) -> str | None:
         """The reason for the last expert action, from the state the expert decided on."""

@@ -143,3 +143,19 @@ def load_trainable(model, path: str | Path) -> None:
             raise ConfigError(f"weights {file}: tensor {name} has shape {tuple(value.shape)}, the model has {tuple(target.shape)}")
         with __import__("torch").no_grad():
             target.copy_(value.to(target.dtype))
+
+
+def save_half(source: str | Path, directory: str | Path) -> Path:
+    """Copy trained weights (``source``: a run's folder or its ``trainable.safetensors``) into ``directory`` with
+    every float32 tensor stored as float16 — half the bytes of a shipped model; ``load_trainable`` casts back to
+    the model's dtype."""
+    import torch
+
+    file = _weights_file(source)
+    state, kind = _read_state(file)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    half = {k: v.to(torch.float16) if v.dtype == torch.float32 else v for k, v in state.items()}
+    save_file(half, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "omniplug": kind or "trainable"})
+    return directory / WEIGHTS_NAME
+
