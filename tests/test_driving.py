@@ -99,6 +99,14 @@ def test_demos_of_driving_round_trip_and_evaluation_reports_driving_measures(tmp
     assert metrics["crashed"] == 0.0 and metrics["mean_speed"] > 10 and "right_lane_share" in metrics
     assert all("distance" in e["metrics"] for e in metrics["per_episode"])
     assert Image.open(tmp_path / "roll" / "rollouts.gif").n_frames > 2
+    assert main(["demos", "rollout", "--constant", "idle", "--env", "highway", "--episodes", "2", "--num-envs", "1",
+                 "--seed", "200", "--option", "duration=5", "--out", str(tmp_path / "idle")]) == 0
+    idle = json.loads((tmp_path / "idle" / "metrics.json").read_text())
+    assert idle["lane_changes"] == 0.0 and idle["policy_calls"] == 10
+    capsys.readouterr()
+    assert main(["demos", "rollout", "--constant", "brake", "--env", "highway", "--episodes", "1", "--out",
+                 str(tmp_path / "x")]) != 0
+    assert "constant action 'brake' is not one of" in capsys.readouterr().err
 
 
 def _babyai_demos(tmp_path):

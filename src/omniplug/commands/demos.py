@@ -52,6 +52,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--task", default="act")
     r.add_argument("--out", required=True, help="directory for metrics.json and rollouts.gif")
     r.add_argument("--expert", action="store_true", help="roll the environment's expert out instead of a model")
+    r.add_argument("--constant", metavar="ACTION", help="roll out one action at every step instead of a model (the "
+                                                         "observation-blind baseline): a name/index, or D comma floats")
     r.add_argument("--option", action="append", default=[], help="environment option key=value (repeatable)")
 
 
@@ -105,6 +107,17 @@ def _rollout(args: argparse.Namespace) -> int:
     options = parse_options(args.option)
     if args.expert:
         report = evaluate("expert", args.env, episodes=args.episodes, seed=args.seed, num_envs=args.num_envs,
+                          env_options=options, gif=out / "rollouts.gif")
+    elif args.constant is not None:
+        from omniplug.envs.base import make_env
+        from omniplug.envs.rollout import ConstantPolicy
+
+        probe = make_env(args.env, **options)
+        try:
+            policy = ConstantPolicy(args.constant, probe.action_space)
+        finally:
+            probe.close()
+        report = evaluate(policy, args.env, episodes=args.episodes, seed=args.seed, num_envs=args.num_envs,
                           env_options=options, gif=out / "rollouts.gif")
     else:
         if not args.config:

@@ -81,6 +81,30 @@ class RolloutReport:
         return {**self.summary(), "per_episode": [asdict(e) for e in self.episodes]}
 
 
+class ConstantPolicy:
+    """The same action at every step, whatever it sees: the observation-blind baseline of closed-loop figures
+    (driving: ``idle`` keeps the lane and the speed). ``action``: an action name or index (discrete), or D floats."""
+
+    def __init__(self, action: str | int | list[float], space) -> None:
+        if space.is_discrete:
+            if isinstance(action, str) and not action.lstrip("-").isdigit():
+                if action not in space.names:
+                    raise ValueError(f"constant action {action!r} is not one of {list(space.names)}")
+                action = space.names.index(action)
+            action = int(action)
+            if not 0 <= action < len(space.names):
+                raise ValueError(f"constant action {action} is not one of 0..{len(space.names) - 1}")
+            self.action = np.asarray([action])
+        else:
+            values = [float(v) for v in (action.split(",") if isinstance(action, str) else action)]
+            if len(values) != space.dim:
+                raise ValueError(f"a constant continuous action needs {space.dim} values, got {len(values)}")
+            self.action = np.asarray([values], dtype=np.float32)
+
+    def act(self, observations: list[Observation]) -> list[np.ndarray]:
+        return [self.action.copy() for _ in observations]
+
+
 class ModelPolicy:
     """A ``OneModel`` with an action decoder as a policy: one ``generate`` call per batch of
     observations, the answer forced to start with the decoder's trigger (``<act>``). With
