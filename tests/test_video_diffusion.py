@@ -141,7 +141,7 @@ def test_eval_generates_and_scores_clips_of_a_clip_split(tiny_dir, monkeypatch, 
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"clips_data/generation", "clips_data/questions"}  # no mask decoder: no segmentation
     assert set(printed["clips_data/generation"]) == {"frame_f1", "motion_accuracy", "consistency", "answered",
-                                                   "movers_moving", "direction_blind_accuracy", "n"}
+                                                   "movers_moving", "direction_blind_accuracy", "prompt_spread", "n"}
 
 
 def test_export_writes_an_animatediff_folder_that_reloads(tiny_dir, tmp_path):

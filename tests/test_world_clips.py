@@ -255,3 +255,14 @@ def test_one_answer_segments_every_frame_of_a_clip(tiny_dir, tmp_path, monkeypat
     force_answers(monkeypatch, model, "Sure, <seg> <seg> <seg>.")
     report = segment_over_time(Pipeline(model, prefix_cache_mb=0), tmp_path / "clips", n=2, one_answer=True, frames=3)
     assert report["frames"] == 6 and report["answered"] == 1.0 and 0.0 <= report["J&F"] <= 1.0
+
+
+def test_prompt_spread_tells_a_collapsed_generator_from_a_varied_one():
+    from omniplug.eval.video import prompt_spread
+
+    rng = np.random.default_rng(0)
+    true = [rng.random((8, 16, 16, 3)).astype(np.float32) for _ in range(4)]
+    assert prompt_spread(true, true) == pytest.approx(1.0)
+    same = [true[0]] * 4  # every prompt gets one clip
+    assert prompt_spread(same, true) == 0.0 and prompt_spread(same[:1], true[:1]) == 0.0
+

@@ -33,7 +33,8 @@ def clip_split(split: str, n: int) -> Path:
 
 
 def grid(rows: list[tuple[str, list]], out_gif: Path, out_png: Path) -> None:
-    """One row per prompt: the prompt, then the clip playing (GIF) / its 8 frames side by side (PNG)."""
+    """One row per clip (a prompt's true clip, then the one the model made): its label, then the clip playing
+    (GIF) / its frames side by side (PNG)."""
     from PIL import Image, ImageDraw
 
     label_w, pad = 330, 2
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+    from PIL import Image
 
     torch.set_num_threads(args.threads)
     from omniplug.data.clip_generation import read_videos
@@ -95,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         for video in read_videos(root)[: args.rows]:
             response = pipe([], video["prompt"])
             if response.videos:
-                rows.append((f"{split}: {video['prompt']}", response.videos[0]))
+                true = [Image.open(root / name).convert("RGB") for name in video["file_names"]]
+                rows.append((f"{split}: {video['prompt']}", true))
+                rows.append(("  made by the model", response.videos[0]))
     here = Path(__file__).parent
     (here / "clips_model.json").write_text(json.dumps(result, indent=2) + "\n")
     if rows:

@@ -39,7 +39,9 @@ def evaluate_clips(model, clips_dir: str | Path, *, n: int = 100, batch_size: in
     root = Path(clips_dir)
     clips = read_clips(root)[:n]
     prompts = [v["prompt"] for v in read_videos(root)][:n]
-    rows, read = [], []
+    from omniplug.data.world.clip_score import ground_truth_frames
+
+    rows, read, made, true = [], [], [], []
     for chunk in _batches(list(zip(clips, prompts)), batch_size):
         gen = _answer(model, [Sample(turns=[Turn("user", p)]) for _, p in chunk], max_new_tokens=max_new_tokens)
         for (clip, _), outputs in zip(chunk, gen.decoder_outputs.get(task, [[] for _ in chunk])):
@@ -47,7 +49,11 @@ def evaluate_clips(model, clips_dir: str | Path, *, n: int = 100, batch_size: in
                 rows.append((0.0, 0.0, 0.0, 0))
                 read.extend([None] * len(clip.motions))
                 continue
-            score = score_clip([np.asarray(f.convert("RGB")) for f in outputs[0]], clip)
+            frames = [np.asarray(f.convert("RGB")) for f in outputs[0]]
+            if len(made) < 32:  # for the spread of what different prompts make
+                made.append(np.stack(frames).astype(np.float32))
+                true.append(np.stack(ground_truth_frames(clip)).astype(np.float32))
+            score = score_clip(frames, clip)
             rows.append((score.frame_f1, score.motion_accuracy, score.consistency, 1))
             read.extend(score.directions)
     table = np.array(rows, dtype=float).reshape(-1, 4)
@@ -57,7 +63,17 @@ def evaluate_clips(model, clips_dir: str | Path, *, n: int = 100, batch_size: in
     moving = float(np.mean([d in ("left", "right", "up", "down") for d in read])) if read else 0.0
     return {"frame_f1": float(mean[0]), "motion_accuracy": float(mean[1]), "consistency": float(mean[2]),
             "answered": float(mean[3]), "movers_moving": moving, "direction_blind_accuracy": moving / 4,
-            "n": len(rows)}
+            "prompt_spread": prompt_spread(made, true), "n": len(rows)}
+
+
+def prompt_spread(made: list[np.ndarray], true: list[np.ndarray]) -> float:
+    """How much the clips made for different prompts differ, against how much their true clips differ: the mean
+    absolute pixel difference between consecutive clips, made over true. ~1: as varied as the data; ~0: every
+    prompt gets the same clip (the conditioning collapsed). 0 with fewer than two clips."""
+    if len(made) < 2:
+        return 0.0
+    gap = lambda clips: float(np.mean([np.abs(a - b).mean() for a, b in zip(clips, clips[1:])]))  # noqa: E731
+    return gap(made) / max(gap(true), 1e-6)
 
 
 # --- segmentation over time (a clip as input, one mask per frame) ----------------------------------------------
