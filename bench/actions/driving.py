@@ -1,0 +1,65 @@
+"""Driving closed-loop: a trained agent against highway-env's IDM/MOBIL expert and the observation-blind baseline
+(``idle`` at every step: keep the lane and the speed), per mission, on held-out seeds (100000+; demonstrations use
+0..N-1). Collision rate, mission success, mean speed, distance, right-lane share; rollout GIFs.
+
+    python bench/actions/driving.py --weights /root/runs/driving/agent --episodes 50   # -> driving.json, driving_*.gif
+
+Issue 26's goals: collisions <= the expert's + 0.02, mission success >= 0.90 of the expert's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MISSIONS = ("cruise", "keep_right", "overtake")
+KEYS = ("success_rate", "crashed", "mean_speed", "distance", "right_lane_share", "lane_changes")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(REPO / "configs" / "driving" / "highway.yaml"))
+    p.add_argument("--weights", help="the agent's trained weights (default: the config's one_model.weights)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. one_model.decoder=act_words")
+    p.add_argument("--episodes", type=int, default=50, help="per mission and policy")
+    p.add_argument("--seed", type=int, default=100_000)
+    p.add_argument("--out", default=str(Path(__file__).with_name("driving.json")))
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from omniplug.envs.base import make_env
+    from omniplug.envs.rollout import ConstantPolicy, evaluate, evaluate_config
+    from omniplug.eval.bench_record import record_header
+
+    overrides = list(args.overrides) + ([f"one_model.weights={args.weights}"] if args.weights else [])
+    here = Path(__file__).parent
+    result = {**record_header(repo=REPO, config=args.config, argv=argv), "episodes": args.episodes,
+              "seed": args.seed, "missions": {}}
+    idle = ConstantPolicy("idle", make_env("highway", duration=1).action_space)
+    for mission in MISSIONS:
+        options = {"mission": mission}
+        rows = {
+            "expert": evaluate("expert", "highway", episodes=args.episodes, seed=args.seed, env_options=options),
+            "idle": evaluate(idle, "highway", episodes=args.episodes, seed=args.seed, env_options=options),
+            "agent": evaluate_config(args.config, overrides, env="highway", episodes=args.episodes, seed=args.seed,
+                                     env_options=options, out_dir=here / f"driving_{mission}"),
+        }
+        gif = here / f"driving_{mission}" / "rollouts.gif"
+        if gif.is_file():
+            gif.replace(here / f"driving_{mission}.gif")
+            shutil.rmtree(gif.parent, ignore_errors=True)
+        result["missions"][mission] = {name: {k: r.summary().get(k) for k in KEYS} for name, r in rows.items()}
+        print(mission, json.dumps(result["missions"][mission]), flush=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
