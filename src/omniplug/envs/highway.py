@@ -1,7 +1,8 @@
 """``highway``: driving on highway-env's multi-lane motorway, with language missions and an IDM/MOBIL expert.
 
-Observation: a top-down frame that follows the ego car (``image_size`` px square, ``view_metres`` across; the ego
-car is green, the others blue), the mission as the instruction, and ``Observation.state``: highway-env's
+Observation: a top-down frame that follows the ego car (``image_size`` px square, ``view_metres`` across; at
+the default 1.33 px/m highway-env draws every car as a dark outline, from 2 px/m on the ego car is green and the
+others blue), the mission as the instruction, and ``Observation.state``: highway-env's
 kinematics of the ego car and its 4 nearest neighbours (presence, x, y, vx, vy; relative to the ego car, scaled as
 highway-env scales them), stored with demonstrations for the ``state`` encoder.
 
