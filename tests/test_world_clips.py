@@ -253,8 +253,18 @@ def test_one_answer_segments_every_frame_of_a_clip(tiny_dir, tmp_path, monkeypat
     assert not torch.allclose(own[0], own[1])
 
     force_answers(monkeypatch, model, "Sure, <seg> <seg> <seg>.")
-    report = segment_over_time(Pipeline(model, prefix_cache_mb=0), tmp_path / "clips", n=2, one_answer=True, frames=3)
+    pipe = Pipeline(model, prefix_cache_mb=0)
+    report = segment_over_time(pipe, tmp_path / "clips", n=2, one_answer=True, frames=3)
     assert report["frames"] == 6 and report["answered"] == 1.0 and 0.0 <= report["J&F"] <= 1.0
+
+    from omniplug.infer.render import save_response
+
+    response = pipe(sample.images, sample.turns[0].text)
+    assert [m.image for m in response.masks] == [0, 1, 2]  # each mask knows its frame
+    record = save_response(response, sample.images[0], tmp_path / "out", images=sample.images)
+    assert [m["image"] for m in record["masks"]] == [0, 1, 2] and record["overlay"]
+    with Image.open(record["overlay_frames"]) as sheet:
+        assert sheet.size == (3 * 64 + 6, 64)
 
 
 def test_prompt_spread_tells_a_collapsed_generator_from_a_varied_one():

@@ -129,6 +129,7 @@ class Mask:
     mask: Any  # numpy bool array (H, W)
     score: float
     label: str | None = None
+    image: int = 0  # which of the request's images it is on (a frame_per_occurrence decoder: frame k for mask k)
 
 
 @dataclass

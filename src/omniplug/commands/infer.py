@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     pipe = Pipeline.from_config(args.config, args.overrides, device=args.device)
     response = pipe(images, args.prompt, max_new_tokens=args.max_new_tokens or 64, answer_prefix=args.answer_prefix)
     if args.out:
-        record = save_response(response, images[0] if images else None, args.out)
+        record = save_response(response, images[0] if images else None, args.out, images=images)
     else:
         record = {"text": response.text, "overlay": None, "images": [],
                   "masks": [{"path": None, "label": m.label, "area": int(m.mask.sum())} for m in response.masks],
@@ -81,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     for i, m in enumerate(record["masks"], start=1):
         where = f" -> {m['path']}" if m["path"] else ""
         print(f"  mask {i}: {m['area']} px" + (f", {m['label']}" if m["label"] else "") + where)
+    if record.get("overlay_frames"):
+        print(f"  masks on their frames -> {record['overlay_frames']}")
     if record["overlay"]:
         print(f"  overlay -> {record['overlay']}")
     for path in record["images"]:

@@ -78,6 +78,7 @@ class SamOutput(DecoderOutput):
     # reads these, so a batch costs a few kernels per image size instead of a few per mask (GPU steps were
     # bound by those launches: bench/cuda/README.md)
     groups: list[tuple[list[int], Tensor]] | None = None
+    frames: list[int] | None = None  # per mask: which of its sample's images it was decoded on (0: the first)
 
 
 def sigmoid_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -235,7 +236,9 @@ class SamDecoder(Decoder):
                 logits[i] = view
         return SamOutput(batch_index=batch_index, mask_logits=logits, low_res_logits=low_res, scores=iou[:, 0, 0],
                          image_embeddings=embeds, prompts=sparse[:, 0, 0],
-                         input_sizes=[pixels.input_sizes[b] for b in images], groups=groups)
+                         input_sizes=[pixels.input_sizes[b] for b in images], groups=groups,
+                         frames=[row - pixels.rows[b][0] for row, b in zip(images, batch_index.tolist())]
+                         if pixels.rows is not None else None)
 
     def dense_features(self, out: SamOutput) -> Tensor | None:
         return out.image_embeddings
@@ -314,8 +317,9 @@ class SamDecoder(Decoder):
         return {"ciou": (inter, union), "giou": (iou, n), "area_ratio": (area, gold_area)}
 
     def postprocess(self, out: SamOutput, inp: DecoderInput | None = None) -> list[Mask]:
-        return [Mask(mask=(logits > self.mask_threshold).detach().cpu().numpy(), score=float(score))
-                for logits, score in zip(out.mask_logits, out.scores.detach().float().cpu())]
+        frames = out.frames or [0] * len(out.mask_logits)
+        return [Mask(mask=(logits > self.mask_threshold).detach().cpu().numpy(), score=float(score), image=frame)
+                for logits, score, frame in zip(out.mask_logits, out.scores.detach().float().cpu(), frames)]
 
 
 def upsample_mask(low_res: Tensor, *, padded: tuple[int, int], input_size: tuple[int, int],

@@ -216,17 +216,30 @@ def save_clip(frames: list[Image.Image], stem: Path, *, ms_per_frame: int = 125)
     return {"gif": str(gif), "sheet": str(sheet), "mp4": str(mp4) if mp4 else None, "frames": len(frames)}
 
 
-def save_response(response: Response, image: Image.Image | None, out_dir: str | Path) -> dict[str, Any]:
+def save_response(response: Response, image: Image.Image | None, out_dir: str | Path, *,
+                  images: list[Image.Image] | None = None) -> dict[str, Any]:
     """Write every output of ``response`` into ``out_dir`` and return what ``response.json`` holds:
     ``mask_<i>.png``, ``overlay.png`` and ``overlay_labelled.png`` (masks on ``image``, the request's
-    first image), ``image_<i>.png`` (generated images), ``boxes.png`` (boxes drawn on ``image``),
-    ``clip_<i>.gif`` / ``.png`` (+ ``.mp4``) for generated clips (:func:`save_clip`)."""
+    first image), ``overlay_frames.png`` (with ``images``, the request's images, when masks are on several of them:
+    each image with its own masks, side by side), ``image_<i>.png`` (generated images), ``boxes.png`` (boxes drawn
+    on ``image``), ``clip_<i>.gif`` / ``.png`` (+ ``.mp4``) for generated clips (:func:`save_clip`)."""
     out = Path(out_dir).expanduser()
-    saved, overlay_path = save_masks(response.masks, image if response.masks else None, out)
-    labelled_path = None
-    if response.masks and image is not None:
-        labelled_path = out / "overlay_labelled.png"
-        labelled_overlay(image, response.masks).save(labelled_path)
+    first = [m for m in response.masks if m.image == 0]
+    saved, _ = save_masks(response.masks, None, out)
+    overlay_path = labelled_path = frames_path = None
+    if first and image is not None:
+        overlay_path, labelled_path = out / "overlay.png", out / "overlay_labelled.png"
+        overlay(image, first).save(overlay_path)
+        labelled_overlay(image, first).save(labelled_path)
+    if images and len(images) > 1 and any(m.image > 0 for m in response.masks):
+        frames_path = out / "overlay_frames.png"
+        tiles = [overlay(im, [m for m in response.masks if m.image == k]) for k, im in enumerate(images)]
+        sheet = Image.new("RGB", (sum(t.width + 2 for t in tiles), max(t.height for t in tiles)), "white")
+        x = 0
+        for tile in tiles:
+            sheet.paste(tile.convert("RGB"), (x, 0))
+            x += tile.width + 2
+        sheet.save(frames_path)
     image_paths = []
     for i, generated in enumerate(response.images, start=1):
         image_paths.append(out / f"image_{i}.png")
@@ -239,10 +252,11 @@ def save_response(response: Response, image: Image.Image | None, out_dir: str | 
         draw_boxes(image, response.boxes).save(boxes_path)
     record = {
         "text": response.text,
-        "masks": [{"path": s.path, "label": s.label, "area": s.area, "score": round(float(m.score), 4)}
+        "masks": [{"path": s.path, "label": s.label, "area": s.area, "score": round(float(m.score), 4), "image": m.image}
                   for s, m in zip(saved, response.masks)],
         "overlay": str(overlay_path) if overlay_path else None,
         "overlay_labelled": str(labelled_path) if labelled_path else None,
+        "overlay_frames": str(frames_path) if frames_path else None,
         "images": [str(p) for p in image_paths],
         "boxes": jsonable(boxes),
         "boxes_image": str(boxes_path) if boxes_path else None,
