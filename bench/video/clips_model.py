@@ -4,8 +4,7 @@ clips it reads (direction questions against the commonest answer, captions) and 
 request per frame, and every frame in one request answered with a mask per frame), and a GIF grid of the clips it
 makes for val and hold-out prompts.
 
-    python bench/video/clips_model.py           # ~25 min on 2 CPU threads -> clips_model.json, generated_clips.gif/.png
-    python bench/video/clips_model.py --weights /root/runs/omni_clips   # a run's folder instead of the shipped weights
+    python bench/video/clips_model.py --weights output/omni_clips   # ~11 min on 2 CPU threads -> clips_model.json, grid
 
 The clip splits are the ones masks_over_time.py uses (`omniplug world clips`, seed 101, not a training seed),
 written on first use. The hold-out clips move a colour-shape its held-out way, never seen in training.
@@ -64,7 +63,7 @@ def grid(rows: list[tuple[str, list]], out_gif: Path, out_png: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "configs" / "video" / "omni_clips.yaml"))
-    p.add_argument("--weights", help="a trained run's folder (default: the config's one_model.weights)")
+    p.add_argument("--weights", required=True, help="a trained run of the config (its folder)")
     p.add_argument("--n", type=int, default=100, help="clips per split for reading and segmenting")
     p.add_argument("--n-gen", type=int, default=100, help="clips per split to generate")
     p.add_argument("--rows", type=int, default=5, help="prompts per split in the grid")
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"one_model.weights={args.weights}"] if args.weights else []
     pipe = Pipeline.from_config(args.config, overrides, prefix_cache_mb=0)
     model = pipe.model.eval()
-    result = {**record_header(repo=REPO, config=args.config, argv=argv), "weights": args.weights or "shipped",
+    result = {**record_header(repo=REPO, config=args.config, argv=argv), "weights": args.weights,
               "splits": {}}
     rows = []
     for split in ("val", "holdout"):
