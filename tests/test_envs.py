@@ -208,3 +208,47 @@ def test_agent_view_grids_are_stored_and_answer_where_questions(tmp_path):
     collect_demos("babyai-gotolocal", episodes=1, out=top, seed=11)  # full view: no egocentric grid
     with pytest.raises(ValueError, match="no symbolic grids"):
         BabyAIWhereDataset(data_dir=str(top))
+
+
+def test_a_typed_mission_finds_its_episodes_and_rolls_them_out(tmp_path):
+    from omniplug.envs.rollout import mission_seeds
+
+    seeds = mission_seeds("babyai-gotolocal", "Go to the red ball.", count=2, seed=0)
+    env = make_env("babyai-gotolocal")
+    assert len(seeds) == 2 and seeds[0] < seeds[1]
+    assert all(env.reset(s).instruction == "go to the red ball" for s in seeds)
+    report = evaluate("expert", "babyai-gotolocal", episodes=99, seeds=seeds, gif=tmp_path / "r.gif")
+    assert [e.seed for e in report.episodes] == seeds and report.success_rate == 1.0
+    assert Image.open(tmp_path / "r.gif").width > 2 * 64  # both episodes side by side
+    with pytest.raises(ValueError, match="missions it has: 'go to the"):
+        mission_seeds("babyai-gotolocal", "fly to the moon", seed=0, tries=30)
+
+
+def test_dagger_collection_lets_the_policy_drive_and_the_expert_label(tiny_dir, tmp_path, capsys):
+    """The policy's actions move the episode, the stored labels are the expert's: an always-`left` policy spins
+    in place (the frames of its episode repeat every 4 steps) while every label is the bot's."""
+    from omniplug.actions.episodes import read_index
+    from omniplug.cli import main
+    from omniplug.envs.collect import run_labelled_episode
+    from omniplug.envs.rollout import ConstantPolicy
+
+    env = make_env("babyai-gotolocal", max_steps=8)
+    expert = run_labelled_episode(env, None, seed=3)[0]
+    spin = ConstantPolicy("left", env.action_space)
+    episode, agreed = run_labelled_episode(env, spin, seed=3)
+    assert episode.length == 8 and not episode.success  # turning never reaches the object
+    assert np.array_equal(episode.frames[0], episode.frames[4]) and np.array_equal(episode.frames[1], episode.frames[5])
+    assert list(episode.actions[:expert.length]) != [0] * min(expert.length, 8)  # labels: the bot's, not `left`
+    assert agreed == int(np.sum(episode.actions == 0))
+    drive = run_labelled_episode(env, spin, seed=3, expert_share=1.0, rng=np.random.default_rng(0))[0]
+    assert drive.success and np.array_equal(drive.actions, expert.actions)  # beta 1: the expert drives
+    # the command: a model drives (tiny, untrained), overrides go to its config
+    out = tmp_path / "dagger"
+    assert main(["demos", "collect", "--env", "babyai-gotolocal", "--episodes", "2", "--out", str(out),
+                 "--option", "max_steps=3", "-c", str(tiny_dir / "act.yaml"), "one_model.decoder=act_words_tiny"]) == 0
+    said = capsys.readouterr().out
+    assert "policy success" in said and "expert's action on" in said
+    assert [r.length for r in read_index(out)] == [3, 3]
+    assert main(["demos", "collect", "--env", "babyai-gotolocal", "--episodes", "1", "--out", str(tmp_path / "x"),
+                 "one_model.decoder=act_words_tiny"]) == 2
+    assert "need a model config (-c)" in capsys.readouterr().err

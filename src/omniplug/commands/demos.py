@@ -24,6 +24,11 @@ def _args(p: argparse.ArgumentParser) -> None:
     c.add_argument("--out", required=True, help="an empty directory to write the episodes into")
     c.add_argument("--seed", type=int, default=0, help="first episode seed (episodes use seed, seed+1, ...)")
     c.add_argument("--option", action="append", default=[], help="environment option key=value (repeatable)")
+    c.add_argument("-c", "--config", help="DAgger: this model drives and the expert labels every step (the states "
+                                          "the policy's own mistakes reach); give its weights as an override")
+    c.add_argument("overrides", nargs="*", help="with -c: config key=value overrides, e.g. one_model.weights=RUN")
+    c.add_argument("--expert-share", type=float, default=0.0,
+                   help="with -c: share of the steps the expert drives instead (DAgger's beta; default 0)")
     i = sub.add_parser("info", help="summarise a demonstrations directory")
     i.add_argument("dir")
     pa = sub.add_parser("parser", help="train the `cells` encoder's parser on demonstrations with symbolic grids")
@@ -62,10 +67,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.demos_command == "collect":
         from omniplug.envs.collect import collect_demos
 
+        policy = None
+        if args.config:
+            from omniplug.envs.rollout import model_policy
+
+            policy = model_policy(args.config, args.overrides)
+        elif args.overrides:
+            raise ValueError(f"overrides {args.overrides} need a model config (-c) to apply to")
         report = collect_demos(args.env, episodes=args.episodes, out=args.out, seed=args.seed,
-                               env_options=parse_options(args.option))
-        print(f"wrote {report.episodes} episodes ({report.steps} steps) to {report.out}; expert success "
-              f"{report.success_rate:.3f}; {report.seconds:.1f}s")
+                               env_options=parse_options(args.option), policy=policy, expert_share=args.expert_share)
+        who = "expert" if policy is None else "policy"
+        agreement = "" if report.expert_agreement is None else f"; the policy chose the expert's action on " \
+                                                                 f"{report.expert_agreement:.3f} of the steps"
+        print(f"wrote {report.episodes} episodes ({report.steps} steps) to {report.out}; {who} success "
+              f"{report.success_rate:.3f}{agreement}; {report.seconds:.1f}s")
         return 0
     if args.demos_command == "info":
         from omniplug.actions.episodes import read_index, read_meta

@@ -45,6 +45,10 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=50, help="--env: episodes, seeds --seed, --seed+1, ...")
     p.add_argument("--seed", type=int, default=100_000, help="--env: first seed (keep apart from the demonstrations')")
     p.add_argument("--num-envs", type=int, default=8, help="--env: environments stepped together (one model call)")
+    p.add_argument("--mission", metavar="TEXT",
+                   help="--env: roll out episodes with this mission only, e.g. \"go to the red ball\" or \"keep to "
+                        "the right lane\" (the first --episodes seeds from --seed whose mission it is; rollouts.gif "
+                        "shows up to 4)")
     p.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
                    help="--env: environment option, e.g. view=agent (repeatable)")
 
@@ -240,11 +244,14 @@ def _run_world(args: argparse.Namespace, cfg) -> int:
 def _run_env(args: argparse.Namespace, cfg) -> int:
     """Closed-loop rollouts of the config's action decoder (see ``omniplug.envs.rollout``)."""
     from omniplug.envs.base import parse_options
-    from omniplug.envs.rollout import evaluate_config
+    from omniplug.envs.rollout import evaluate_config, mission_seeds
 
     out_dir = Path(args.out).expanduser().parent if args.out else Path(cfg.trainer.output_dir) / f"eval_{args.env}"
+    options = parse_options(args.env_option)
+    seeds = (mission_seeds(args.env, args.mission, count=args.episodes, seed=args.seed, env_options=options)
+             if args.mission else None)
     report = evaluate_config(cfg, env=args.env, episodes=args.episodes, seed=args.seed, num_envs=args.num_envs,
-                             env_options=parse_options(args.env_option), out_dir=out_dir)
+                             env_options=options, out_dir=out_dir, seeds=seeds)
     if args.out:
         Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).expanduser().write_text(json.dumps(report.to_json(), indent=2))

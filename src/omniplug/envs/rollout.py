@@ -153,17 +153,21 @@ class ModelPolicy:
 
 def evaluate(policy: Policy | str, env_name: str, *, episodes: int, seed: int = 100_000, num_envs: int = 8,
              execute: int | None = None, env_options: dict[str, Any] | None = None, gif: str | Path | None = None,
-             gif_episodes: int = 4, gif_scale: int = 3) -> RolloutReport:
-    """Roll ``policy`` out (``"expert"`` plays each environment's own expert) and report."""
+             gif_episodes: int = 4, gif_scale: int = 3, seeds: list[int] | None = None) -> RolloutReport:
+    """Roll ``policy`` out (``"expert"`` plays each environment's own expert) and report. ``seeds`` (e.g. from
+    ``mission_seeds``) replaces ``seed, seed + 1, ...`` and ``episodes``."""
+    if seeds is not None:
+        seeds, episodes = list(seeds), len(seeds)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    seeds = seeds if seeds is not None else list(range(seed, seed + episodes))
     envs: list[Environment] = [make_env(env_name, **(env_options or {})) for _ in range(min(num_envs, episodes))]
-    pending = deque(range(seed, seed + episodes))
+    pending = deque(seeds)
     slots: list[dict[str, Any] | None] = [None] * len(envs)
     obs: list[Observation | None] = [None] * len(envs)
     results: list[EpisodeResult] = []
     frames: dict[int, list[np.ndarray]] = {}
-    gif_seeds = set(range(seed, seed + gif_episodes)) if gif else set()
+    gif_seeds = set(seeds[:gif_episodes]) if gif else set()
     calls = invalid = 0
     keep = max(int(getattr(policy, "history", 1)) - 1, 0)  # earlier frames the policy looks at
     start = time.perf_counter()
@@ -226,6 +230,36 @@ def evaluate(policy: Policy | str, env_name: str, *, episodes: int, seed: int = 
                          gif=str(gif_path) if gif_path else None, invalid_actions=invalid)
 
 
+def mission_seeds(env_name: str, mission: str, *, count: int = 1, seed: int = 100_000, tries: int = 5_000,
+                  env_options: dict[str, Any] | None = None) -> list[int]:
+    """The first ``count`` seeds from ``seed`` on whose episode has the mission ``mission`` (compared without case
+    and surrounding blanks/full stop): how a mission a user types becomes episodes to roll out. Tries ``tries``
+    seeds, then says which missions it met instead."""
+    def norm(text: str) -> str:
+        return " ".join(text.lower().strip().rstrip(".").split())
+
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    want, found, met = norm(mission), [], {}
+    env = make_env(env_name, **(env_options or {}))
+    try:
+        for s in range(seed, seed + tries):
+            text = env.reset(s).instruction
+            if norm(text) == want:
+                found.append(s)
+                if len(found) == count:
+                    return found
+            else:
+                met[norm(text)] = met.get(norm(text), 0) + 1
+    finally:
+        env.close()
+    if found:
+        return found
+    examples = ", ".join(repr(m) for m, _ in sorted(met.items(), key=lambda kv: -kv[1])[:8])
+    raise ValueError(f"no episode of {env_name!r} among seeds {seed}..{seed + tries - 1} has the mission {mission!r}; "
+                     f"missions it has: {examples}")
+
+
 def _noop(env: Environment) -> np.ndarray:
     space = env.action_space
     if space.is_discrete:
@@ -259,20 +293,26 @@ def write_gif(episodes: list[list[np.ndarray]], path: str | Path, *, scale: int 
 
 def evaluate_config(config, overrides: list[str] | tuple[str, ...] = (), *, env: str, episodes: int,
                     out_dir: str | Path, seed: int = 100_000, num_envs: int = 8, execute: int | None = None,
-                    task: str = "act", env_options: dict[str, Any] | None = None) -> RolloutReport:
+                    task: str = "act", env_options: dict[str, Any] | None = None,
+                    seeds: list[int] | None = None) -> RolloutReport:
     """Build the model of ``config`` (its ``one_model.weights`` loaded), roll it out on ``env`` and
     write ``rollouts.gif`` into ``out_dir``: what ``omniplug eval`` on an environment calls."""
-    from omniplug.build import build_model
+    policy = model_policy(config, overrides, task=task)
+    return evaluate(policy, env, episodes=episodes, seed=seed, num_envs=num_envs, execute=execute,
+                    env_options=env_options, gif=Path(out_dir) / "rollouts.gif", seeds=seeds)
 
+
+def model_policy(config, overrides: list[str] | tuple[str, ...] = (), *, task: str = "act") -> ModelPolicy:
+    """The model of ``config`` (its ``one_model.weights`` loaded) as a policy observing the way its training demos
+    were read (``history``, ``reasoning``)."""
+    from omniplug.build import build_model
     from omniplug.config import Config, load_config
 
     config = config if isinstance(config, Config) else load_config(config, list(overrides))
     model = build_model(config)
     model.eval()
-    policy = ModelPolicy(model, task=task, history=demo_history(config),
-                         reasoning=demo_setting(config, "reasoning", "none") != "none")
-    return evaluate(policy, env, episodes=episodes, seed=seed, num_envs=num_envs, execute=execute,
-                    env_options=env_options, gif=Path(out_dir) / "rollouts.gif")
+    return ModelPolicy(model, task=task, history=demo_history(config),
+                       reasoning=demo_setting(config, "reasoning", "none") != "none")
 
 
 def demo_history(config) -> int:
