@@ -38,7 +38,8 @@ def test_observations_actions_and_the_continuous_expert():
     try:
         obs = env.reset(5)
         assert obs.image.shape == (48, 48, 3) and obs.image.dtype == np.uint8 and obs.image.std() > 5  # not black
-        assert obs.state.shape == (25,) and obs.state[0] == 1.0  # the ego car is present
+        assert obs.state.shape == (27,) and obs.state[0] == 1.0  # the ego car is present
+        assert obs.state[25] == pytest.approx(env.ego.speed / 40) and obs.state[26] == 0.0  # no set speed: continuous
         assert env.action_space.kind == "continuous" and env.max_steps == 20
         episode = run_expert_episode(env, seed=5)
         assert episode.actions.shape == (20, 2) and np.abs(episode.actions).max() <= 1.0 and not env.ego.crashed
@@ -48,7 +49,14 @@ def test_observations_actions_and_the_continuous_expert():
         env.close()
     meta = make_env("highway", duration=2)
     assert meta.action_space.names == ("lane_left", "idle", "lane_right", "faster", "slower")
-    meta.reset(0)
+    frame = meta.reset(0).image
+    speed = (frame[-4:-2, :, 0] > 200) & (frame[-4:-2, :, 2] < 100)  # the dashboard: yellow speed bar
+    cruise = frame[-2:, :, 2] == 255  # white set-speed bar
+    assert speed[0].sum() == round(64 * (meta.ego.speed - 10) / 25) and cruise[0].sum() == round(64 * (meta.set_speed() - 10) / 25)
+    faster = meta.step(3).observation  # faster: the set speed goes up a step, the bar with it
+    assert (faster.image[-1, :, 2] == 255).sum() > cruise[0].sum() and faster.state[26] > meta.reset(0).state[26]
+    blind = make_env("highway", duration=2, speedometer=False).reset(0).image
+    assert not np.array_equal(blind[-4:], frame[-4:]) and np.array_equal(blind[:-4], frame[:-4])
     with pytest.raises(ValueError, match="meta-action 7 is not one of 0..4"):
         meta.step(7)
 

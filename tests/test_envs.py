@@ -252,3 +252,32 @@ def test_dagger_collection_lets_the_policy_drive_and_the_expert_label(tiny_dir, 
     assert main(["demos", "collect", "--env", "babyai-gotolocal", "--episodes", "1", "--out", str(tmp_path / "x"),
                  "one_model.decoder=act_words_tiny"]) == 2
     assert "need a model config (-c)" in capsys.readouterr().err
+
+
+def test_demos_dataset_reads_several_folders_and_refuses_mixed_action_spaces(tmp_path):
+    from omniplug.config import load_config
+    from omniplug.data.demos import DemoDataset
+
+    a, b = tmp_path / "expert", tmp_path / "dagger1"
+    collect_demos("babyai-gotolocal", episodes=3, out=a, seed=0)
+    collect_demos("babyai-gotolocal", episodes=2, out=b, seed=50)
+    one = DemoDataset(data_dir=str(a), split="train", val_episodes=1)
+    both = DemoDataset(data_dir=[str(a), str(b)], split="train", val_episodes=1)
+    assert [e.seed for e in both.episodes] == [0, 1, 50]  # each folder keeps its own last episode for val
+    assert len(both) == len(one) + both.episodes[-1].length
+    assert [e.seed for e in DemoDataset(data_dir=[str(a), str(b)], split="val", val_episodes=1).episodes] == [2, 51]
+    from pathlib import Path
+
+    from omniplug.registry import DATASETS
+
+    config = Path(__file__).resolve().parents[1] / "configs/driving/highway.yaml"
+    spec = load_config(config, [f"dataset.highway_val.data_dir=[{a},{b}]", "dataset.highway_val.val_episodes=1"])
+    params = spec.catalogues["dataset"]["highway_val"].params
+    assert [e.seed for e in DATASETS.get("demos")(**params).episodes] == [2, 51]  # a list from YAML / overrides
+    pytest.importorskip("mujoco")
+    try:
+        collect_demos("reacher", episodes=1, out=tmp_path / "reacher")
+    except Exception as exc:  # no EGL on this machine
+        pytest.skip(f"MuJoCo cannot render here: {exc}")
+    with pytest.raises(ValueError, match="another action space"):
+        DemoDataset(data_dir=[str(a), str(tmp_path / "reacher")])

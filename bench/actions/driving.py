@@ -3,6 +3,10 @@
 0..N-1). Collision rate, mission success, mean speed, distance, right-lane share; rollout GIFs.
 
     python bench/actions/driving.py --weights /root/runs/driving/agent --episodes 50   # -> driving.json, driving_*.gif
+    python bench/actions/driving.py --agent bc=RUN1 --agent dagger1=RUN2 ...   # several trained runs side by side
+
+``--agent NAME=RUN`` rolls out a training run with the config it saved (``RUN/config.yaml``: its adapter, frame
+history and ``reasoning``), its final weights; GIFs are written for the last agent named.
 
 Issue 26's goals: collisions <= the expert's + 0.02, mission success >= 0.90 of the expert's.
 """
@@ -24,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "configs" / "driving" / "highway.yaml"))
     p.add_argument("--weights", help="the agent's trained weights (default: the config's one_model.weights)")
+    p.add_argument("--agent", action="append", default=[], metavar="NAME=RUN",
+                   help="a training run to compare, read with its own config.yaml (repeatable; replaces --weights)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. one_model.decoder=act_words")
     p.add_argument("--episodes", type=int, default=50, help="per mission and policy")
     p.add_argument("--seed", type=int, default=100_000)
@@ -39,18 +45,27 @@ def main(argv: list[str] | None = None) -> int:
     from omniplug.eval.bench_record import record_header
 
     overrides = list(args.overrides) + ([f"one_model.weights={args.weights}"] if args.weights else [])
+    agents = {"agent": (args.config, overrides)}
+    if args.agent:
+        agents = {}
+        for item in args.agent:
+            name, sep, run = item.partition("=")
+            if not sep or not (Path(run) / "config.yaml").is_file():
+                p.error(f"--agent {item!r}: give NAME=RUN, RUN a training run folder with config.yaml")
+            agents[name] = (str(Path(run) / "config.yaml"), [*args.overrides, f"one_model.weights={run}"])
     here = Path(__file__).parent
     result = {**record_header(repo=REPO, config=args.config, argv=argv), "episodes": args.episodes,
-              "seed": args.seed, "missions": {}}
+              "seed": args.seed, "agents": {name: config for name, (config, _) in agents.items()}, "missions": {}}
     idle = ConstantPolicy("idle", make_env("highway", duration=1).action_space)
     for mission in MISSIONS:
         options = {"mission": mission}
         rows = {
             "expert": evaluate("expert", "highway", episodes=args.episodes, seed=args.seed, env_options=options),
             "idle": evaluate(idle, "highway", episodes=args.episodes, seed=args.seed, env_options=options),
-            "agent": evaluate_config(args.config, overrides, env="highway", episodes=args.episodes, seed=args.seed,
-                                     env_options=options, out_dir=here / f"driving_{mission}"),
         }
+        for name, (config, agent_overrides) in agents.items():
+            rows[name] = evaluate_config(config, agent_overrides, env="highway", episodes=args.episodes,
+                                         seed=args.seed, env_options=options, out_dir=here / f"driving_{mission}")
         gif = here / f"driving_{mission}" / "rollouts.gif"
         if gif.is_file():
             gif.replace(here / f"driving_{mission}.gif")

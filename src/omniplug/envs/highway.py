@@ -4,7 +4,13 @@ Observation: a top-down frame that follows the ego car (``image_size`` px square
 the default 1.33 px/m highway-env draws every car as a dark outline, from 2 px/m on the ego car is green and the
 others blue), the mission as the instruction, and ``Observation.state``: highway-env's
 kinematics of the ego car and its 4 nearest neighbours (presence, x, y, vx, vy; relative to the ego car, scaled as
-highway-env scales them), stored with demonstrations for the ``state`` encoder.
+highway-env scales them) followed by the ego speed and the cruise speed set by the meta-actions (both m/s / 40),
+stored with demonstrations for the ``state`` encoder.
+
+``speedometer`` (default on) draws the dashboard into the bottom 4 rows of the frame: a yellow bar as long as the
+speed (10 → 35 m/s across the frame) and below it a white bar for the set cruise speed (15/20/25/30 m/s; none with
+continuous actions). A top-down frame alone cannot show the ego car's speed (the camera follows it and the lane
+marks repeat), and the expert's faster/slower depends on it: without the dashboard a cloned policy learns "idle".
 
 Missions (``mission``; ``random`` draws one per episode from its seed):
 
@@ -70,7 +76,7 @@ class HighwayEnv(Environment):
     def __init__(self, *, mission: Literal["random", "cruise", "keep_right", "overtake"] = "random",
                  actions: Literal["meta", "continuous"] = "meta", image_size: int = 64, view_metres: float = 48.0,
                  lanes: int = 3, vehicles: int = 20, density: float = 1.0, duration: int = 30,
-                 right_share: float = 0.8) -> None:
+                 right_share: float = 0.8, speedometer: bool = True) -> None:
         if mission != "random" and mission not in MISSIONS:
             raise ValueError(f"highway: unknown mission {mission!r}; choose random or one of {sorted(MISSIONS)}")
         if actions not in ("meta", "continuous"):
@@ -86,6 +92,7 @@ class HighwayEnv(Environment):
         except ImportError as exc:
             raise missing_simulator("highway-env", exc) from None
         self.mission_option, self.actions, self.right_share = mission, actions, right_share
+        self.speedometer = bool(speedometer)
         self.policy_hz = 1 if actions == "meta" else 5
         self._horizon = 1.0 / self.policy_hz + 1.0  # seconds a lane change must leave room for
         config = {
@@ -154,11 +161,20 @@ class HighwayEnv(Environment):
         return ahead
 
     def _observe(self) -> Observation:
-        return Observation(image=np.ascontiguousarray(self._env.render(), dtype=np.uint8),
-                           instruction=MISSIONS[self.mission], state=self.state())
+        image = np.array(self._env.render(), dtype=np.uint8)
+        if self.speedometer:
+            _draw_speedometer(image, self.ego.speed, self.set_speed())
+        return Observation(image=image, instruction=MISSIONS[self.mission], state=self.state())
+
+    def set_speed(self) -> float | None:
+        """The cruise speed the meta-actions set (m/s); None with continuous actions."""
+        ego = self.ego
+        return float(ego.target_speeds[ego.speed_index]) if self.actions == "meta" else None
 
     def state(self) -> np.ndarray:
-        return np.asarray(self._kinematics, dtype=np.float32).reshape(-1)
+        kinematics = np.asarray(self._kinematics, dtype=np.float32).reshape(-1)
+        dashboard = np.array([self.ego.speed, self.set_speed() or 0.0], dtype=np.float32) / SPEED_SCALE
+        return np.concatenate([kinematics, dashboard])
 
     def rightmost(self) -> bool:
         return self.ego.lane_index[2] == len(self.road.network.all_side_lanes(self.ego.lane_index)) - 1
@@ -287,6 +303,24 @@ class HighwayEnv(Environment):
 
     def close(self) -> None:
         self._env.close()
+
+
+SPEED_SCALE = 40.0  # m/s per unit of the state's dashboard entries
+SPEEDOMETER_RANGE = (10.0, 35.0)  # m/s at the left and right edge of the frame
+
+
+def _draw_speedometer(image: np.ndarray, speed: float, set_speed: float | None) -> None:
+    """Rows -4..-3: the speed as a yellow bar; rows -2..-1: the set cruise speed as a white bar (in place)."""
+    lo, hi = SPEEDOMETER_RANGE
+    width = image.shape[1]
+
+    def length(v: float) -> int:
+        return int(round(width * float(np.clip((v - lo) / (hi - lo), 0.0, 1.0))))
+
+    image[-4:] = (40, 40, 40)
+    image[-4:-2, : length(speed)] = (250, 200, 0)
+    if set_speed is not None:
+        image[-2:, : length(set_speed)] = (255, 255, 255)
 
 
 def _safe(shadow, lane_index, horizon: float = 2.0) -> bool:

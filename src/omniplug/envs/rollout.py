@@ -113,7 +113,7 @@ class ModelPolicy:
     one is no action (counted as invalid by ``evaluate``)."""
 
     def __init__(self, model, *, task: str = "act", prompt: str = DEFAULT_PROMPT, max_length: int = 512,
-                 history: int = 1, reasoning: bool = False, reasoning_tokens: int = 16) -> None:
+                 history: int = 1, reasoning: bool = False, reasoning_tokens: int = 24) -> None:
         if task not in model.decoders:
             raise ValueError(f"the model has no decoder for task {task!r}; it has {sorted(model.decoders)}")
         if history < 1:
