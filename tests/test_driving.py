@@ -148,3 +148,20 @@ def test_the_shipped_driving_agent_drives_a_typed_mission(tmp_path):
                     episodes=4, env_options={"duration": 20})
     assert report["crashed"] < idle.metric_means()["crashed"], (report, idle.summary())
     assert Image.open(tmp_path / "eval" / "rollouts.gif").n_frames > 5
+
+
+def test_the_longest_narration_fits_the_rollout_reasoning_budget():
+    """A `reasoning: narrate` policy may speak ModelPolicy's reasoning_tokens before <act>; every narration of the
+    driving expert must fit in them with the space before the trigger (else the rollout gets no action)."""
+    import inspect
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from omniplug.envs.highway import driving_texts
+    from omniplug.envs.rollout import ModelPolicy
+
+    budget = inspect.signature(ModelPolicy).parameters["reasoning_tokens"].default
+    tok = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "configs/driving/base/llama")
+    longest = max(len(tok(text + " ", add_special_tokens=False).input_ids) for text in driving_texts())
+    assert 15 <= longest < budget, (longest, budget)

@@ -224,6 +224,13 @@ def test_a_typed_mission_finds_its_episodes_and_rolls_them_out(tmp_path):
         mission_seeds("babyai-gotolocal", "fly to the moon", seed=0, tries=30)
 
 
+def test_eval_mission_without_an_environment_is_refused(tiny_dir, capsys):
+    from omniplug.cli import main
+
+    assert main(["eval", "-c", str(tiny_dir / "act.yaml"), "--mission", "go to the red ball"]) == 2
+    assert "give --env too" in capsys.readouterr().err
+
+
 def test_dagger_collection_lets_the_policy_drive_and_the_expert_label(tiny_dir, tmp_path, capsys):
     """The policy's actions move the episode, the stored labels are the expert's: an always-`left` policy spins
     in place (the frames of its episode repeat every 4 steps) while every label is the bot's."""
@@ -252,6 +259,13 @@ def test_dagger_collection_lets_the_policy_drive_and_the_expert_label(tiny_dir, 
     assert main(["demos", "collect", "--env", "babyai-gotolocal", "--episodes", "1", "--out", str(tmp_path / "x"),
                  "one_model.decoder=act_words_tiny"]) == 2
     assert "need a model config (-c)" in capsys.readouterr().err
+    assert main(["demos", "collect", "--env", "babyai-gotolocal", "--episodes", "1", "--out", str(tmp_path / "x"),
+                 "--expert-share", "0.5"]) == 2
+    assert "--expert-share need a model config (-c)" in capsys.readouterr().err
+    # a policy of another action space (continuous bins on BabyAI's 7 actions): refused before anything is written
+    assert main(["demos", "collect", "--env", "babyai-gotolocal", "--episodes", "1", "--out", str(tmp_path / "y"),
+                 "-c", str(tiny_dir / "act.yaml"), "one_model.decoder=act_bins_tiny"]) == 2
+    assert "the policy acts in" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 def test_demos_dataset_reads_several_folders_and_refuses_mixed_action_spaces(tmp_path):

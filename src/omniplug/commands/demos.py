@@ -72,8 +72,8 @@ def _run(args: argparse.Namespace) -> int:
             from omniplug.envs.rollout import model_policy
 
             policy = model_policy(args.config, args.overrides)
-        elif args.overrides:
-            raise ValueError(f"overrides {args.overrides} need a model config (-c) to apply to")
+        elif args.overrides or args.expert_share:
+            raise ValueError(f"overrides {args.overrides} and --expert-share need a model config (-c) to apply to")
         report = collect_demos(args.env, episodes=args.episodes, out=args.out, seed=args.seed,
                                env_options=parse_options(args.option), policy=policy, expert_share=args.expert_share)
         who = "expert" if policy is None else "policy"

@@ -92,6 +92,8 @@ def _run(args: argparse.Namespace) -> int:
     from omniplug.config import load_config
     from omniplug.eval.segmentation import evaluate_segmentation
 
+    if args.mission and not args.env:
+        raise ValueError("--mission picks episodes of an environment: give --env too (e.g. --env babyai-gotolocal)")
     cfg = load_config(args.config, args.overrides)
     if args.env:
         return _run_env(args, cfg)

@@ -9,6 +9,7 @@ drive that share of the steps instead (DAgger's beta)."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +40,11 @@ def collect_demos(env_name: str, *, episodes: int, out: str | Path, seed: int = 
     if not 0.0 <= expert_share <= 1.0:
         raise ValueError(f"expert_share must be in [0, 1], got {expert_share}")
     env = make_env(env_name, **(env_options or {}))
+    space = getattr(getattr(policy, "decoder", None), "space", None)  # a ModelPolicy's action space
+    if space is not None and space != env.action_space:
+        env.close()
+        raise ValueError(f"the policy acts in {space} but {env_name!r} in {env.action_space}: give the config of a "
+                         f"model trained on this environment's demonstrations")
     writer = EpisodeWriter(out, env=env_name, action_space=env.action_space)
     start = time.perf_counter()
     successes = steps = agreed = 0
@@ -73,8 +79,8 @@ def run_labelled_episode(env, policy, *, seed: int, expert_share: float = 0.0,
     """One episode whose every step is labelled with the expert's action (and narration). ``policy`` None: the
     expert drives; else the policy drives, except for a random ``expert_share`` of the steps. Returns the episode
     and on how many steps the policy's choice was the expert's."""
-    keep = max(int(getattr(policy, "history", 1)) - 1, 0)
-    earlier: list[np.ndarray] = []
+    keep = max(int(getattr(policy, "history", 1)) - 1, 0)  # earlier frames the policy looks at
+    earlier: deque[np.ndarray] = deque(maxlen=keep)
     agreed = 0
     obs = env.reset(seed)
     instruction, discrete = obs.instruction, env.action_space.is_discrete
@@ -86,7 +92,7 @@ def run_labelled_episode(env, policy, *, seed: int, expert_share: float = 0.0,
         notes.append(env.expert_narration())
         drive = action
         if policy is not None:
-            seen = Observation(image=obs.image, instruction=obs.instruction, history=tuple(earlier[-keep:]) if keep else ())
+            seen = Observation(image=obs.image, instruction=obs.instruction, history=tuple(earlier))
             chosen = policy.act([seen])[0]
             if chosen is not None:  # the first action of the chunk, in the environment's units
                 chosen = int(np.asarray(chosen).reshape(-1)[0]) if discrete else np.asarray(chosen, np.float32).reshape(
