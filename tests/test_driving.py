@@ -165,3 +165,13 @@ def test_the_longest_narration_fits_the_rollout_reasoning_budget():
     tok = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "configs/driving/base/llama")
     longest = max(len(tok(text + " ", add_special_tokens=False).input_ids) for text in driving_texts())
     assert 15 <= longest < budget, (longest, budget)
+
+
+def test_a_mission_the_options_rule_out_is_refused_quickly():
+    from omniplug.envs.rollout import mission_seeds
+
+    env = make_env("highway", duration=1)
+    right = [s for s in range(0, 40) if env.reset(s).instruction == "keep to the right lane"][:2]
+    assert mission_seeds("highway", "Keep to the right lane.", count=2, seed=0) == right
+    with pytest.raises(ValueError, match=r"seeds 0\.\.199 .*missions it has: 'drive on without crashing'"):
+        mission_seeds("highway", "keep to the right lane", env_options={"mission": "cruise", "duration": 1}, seed=0)

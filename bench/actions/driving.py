@@ -17,6 +17,8 @@ import argparse
 import json
 import shutil
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,14 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=50, help="per mission and policy")
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--out", default=str(Path(__file__).with_name("driving.json")))
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    p.add_argument("--jobs", type=int, default=1, help="missions evaluated side by side in processes (up to 3)")
     args = p.parse_args(argv)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from omniplug.envs.base import make_env
-    from omniplug.envs.rollout import ConstantPolicy, evaluate, evaluate_config
     from omniplug.eval.bench_record import record_header
 
     overrides = list(args.overrides) + ([f"one_model.weights={args.weights}"] if args.weights else [])
@@ -53,27 +51,41 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not (Path(run) / "config.yaml").is_file():
                 p.error(f"--agent {item!r}: give NAME=RUN, RUN a training run folder with config.yaml")
             agents[name] = (str(Path(run) / "config.yaml"), [*args.overrides, f"one_model.weights={run}"])
-    here = Path(__file__).parent
     result = {**record_header(repo=REPO, config=args.config, argv=argv), "episodes": args.episodes,
               "seed": args.seed, "agents": {name: config for name, (config, _) in agents.items()}, "missions": {}}
-    idle = ConstantPolicy("idle", make_env("highway", duration=1).action_space)
-    for mission in MISSIONS:
-        options = {"mission": mission}
-        rows = {
-            "expert": evaluate("expert", "highway", episodes=args.episodes, seed=args.seed, env_options=options),
-            "idle": evaluate(idle, "highway", episodes=args.episodes, seed=args.seed, env_options=options),
-        }
-        for name, (config, agent_overrides) in agents.items():
-            rows[name] = evaluate_config(config, agent_overrides, env="highway", episodes=args.episodes,
-                                         seed=args.seed, env_options=options, out_dir=here / f"driving_{mission}")
-        gif = here / f"driving_{mission}" / "rollouts.gif"
-        if gif.is_file():
-            gif.replace(here / f"driving_{mission}.gif")
-            shutil.rmtree(gif.parent, ignore_errors=True)
-        result["missions"][mission] = {name: {k: r.summary().get(k) for k in KEYS} for name, r in rows.items()}
-        print(mission, json.dumps(result["missions"][mission]), flush=True)
+    one = partial(_mission, agents=agents, episodes=args.episodes, seed=args.seed, threads=args.threads)
+    if args.jobs <= 1:
+        rows = [one(m) for m in MISSIONS]
+    else:
+        with ProcessPoolExecutor(min(args.jobs, len(MISSIONS))) as pool:
+            rows = list(pool.map(one, MISSIONS))
+    result["missions"] = dict(zip(MISSIONS, rows))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _mission(mission: str, *, agents: dict, episodes: int, seed: int, threads: int) -> dict:
+    """Expert, the blind `idle` and every agent on one mission; the last agent's first 4 episodes -> GIF."""
+    import torch
+
+    from omniplug.envs.base import make_env
+    from omniplug.envs.rollout import ConstantPolicy, evaluate, evaluate_config
+
+    torch.set_num_threads(threads)
+    here, options = Path(__file__).parent, {"mission": mission}
+    idle = ConstantPolicy("idle", make_env("highway", duration=1).action_space)
+    rows = {"expert": evaluate("expert", "highway", episodes=episodes, seed=seed, env_options=options),
+            "idle": evaluate(idle, "highway", episodes=episodes, seed=seed, env_options=options)}
+    for name, (config, agent_overrides) in agents.items():
+        rows[name] = evaluate_config(config, agent_overrides, env="highway", episodes=episodes, seed=seed,
+                                     env_options=options, out_dir=here / f"driving_{mission}")
+    gif = here / f"driving_{mission}" / "rollouts.gif"
+    if gif.is_file():
+        gif.replace(here / f"driving_{mission}.gif")
+        shutil.rmtree(gif.parent, ignore_errors=True)
+    table = {name: {k: r.summary().get(k) for k in KEYS} for name, r in rows.items()}
+    print(mission, json.dumps(table), flush=True)
+    return table
 
 
 if __name__ == "__main__":
