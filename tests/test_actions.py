@@ -216,7 +216,8 @@ def test_bad_action_configs_are_loud(tiny_dir):
 
 @pytest.mark.parametrize("config, decoders", [("configs/babyai/gotolocal.yaml", ("act_tokens", "act_words")),
                                               ("configs/driving/highway.yaml", ("act_tokens", "act_words")),
-                                              ("configs/reacher/reacher.yaml", ("act_bins", "act_rvq", "act_regress"))])
+                                              ("configs/reacher/reacher.yaml", ("act_bins", "act_rvq", "act_regress")),
+                                              ("configs/driving/continuous.yaml", ("act_bins", "act_rvq", "act_regress"))])
 def test_shipped_agent_configs_build(tiny_dir, config, decoders):
     """The agent configs under configs/ build with each of their adapters (demos pointed at the tiny ones)."""
     from pathlib import Path
@@ -225,10 +226,12 @@ def test_shipped_agent_configs_build(tiny_dir, config, decoders):
     from omniplug.config import load_config
 
     root = Path(__file__).resolve().parents[1]
-    kind = "continuous" if "reacher" in config else "discrete"
+    kind = "continuous" if "reacher" in config or "continuous" in config else "discrete"
     demos = tiny_dir / "act_demos" / kind
     for decoder in decoders:
-        demos_override = [] if "driving" in config else [f"decoder.{decoder}.demos={demos}"]  # tiny: BabyAI's
+        demos_override = [] if "highway" in config else [f"decoder.{decoder}.demos={demos}"]  # tiny: BabyAI's
+        if "continuous" in config:  # its reader is trained on demos that are not in the repository
+            demos_override.append(f"encoder.state.reader={root / 'configs' / 'driving' / 'reader'}")
         cfg = load_config(root / config, [f"one_model.decoder={decoder}", *demos_override, "one_model.weights=null"])
         model = build_model(cfg)
         assert model.decoders["act"].space.kind == kind

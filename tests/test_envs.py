@@ -106,6 +106,12 @@ def test_reacher_expert_and_continuous_demos(tmp_path):
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert meta["action_space"]["kind"] == "continuous" and len(meta["stats"]["q99"]) == 2
     assert all(-1.0 <= v <= 1.0 for v in meta["stats"]["min"] + meta["stats"]["max"])
+    from omniplug.envs.rollout import ConstantPolicy, evaluate
+
+    expert = evaluate("expert", "reacher", episodes=2, num_envs=1)
+    still = evaluate(ConstantPolicy([0.0, 0.0], env.action_space), "reacher", episodes=2, num_envs=1)
+    # the expert ends on the target, the still arm where it started (the target is 5-20 cm from the start)
+    assert expert.metric_means()["final_distance"] < 0.02 < still.metric_means()["final_distance"]
 
 
 def test_evaluate_config_builds_the_model_and_writes_a_gif(tiny_dir, tmp_path):
