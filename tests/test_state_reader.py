@@ -75,6 +75,29 @@ def test_state_encoder_errors_say_what_to_do(tmp_path):
         StateEncoder(reader=str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="needs `reader: DIR`"):
         StateEncoder(from_scratch=True)
+    with pytest.raises(ValueError, match="fourier"):
+        StateEncoder(from_scratch=True, state_dim=2, image_size=16, fourier=-1)
+
+
+def test_state_encoder_fourier_features():
+    """fourier: F feeds the estimate with its sines and cosines at F octaves (pi, 2 pi, ...): two states 0.05 apart
+    then differ in the token by more than their raw values do (fine continuous control needs that resolution)."""
+    from omniplug.encoders.state import StateEncoder
+
+    torch.manual_seed(0)
+    plain = StateEncoder(from_scratch=True, state_dim=2, image_size=16)
+    rich = StateEncoder(from_scratch=True, state_dim=2, image_size=16, fourier=4)
+    assert rich.embed.in_features == 2 * (1 + 2 * 4) and plain.embed.in_features == 2
+    pixels = torch.rand(3, 3, 16, 16)
+    assert rich(pixels).tokens.shape == plain(pixels).tokens.shape == (3, 1, 128)
+    a, b = torch.tensor([[0.30, -0.2]]), torch.tensor([[0.35, -0.2]])
+    feats = [torch.cat([s, (s.unsqueeze(-1) * rich.bands).flatten(1).sin(), (s.unsqueeze(-1) * rich.bands).flatten(1).cos()], 1)
+             for s in (a, b)]
+    assert (feats[0] - feats[1]).norm() > 5 * (a - b).norm()
+    with torch.no_grad():  # the forward pass builds exactly these features
+        rich.reader.body[-1].weight.zero_()
+        rich.reader.body[-1].bias.copy_(a[0])
+        assert torch.allclose(rich(pixels[:1]).tokens[0, 0], rich.embed(feats[0])[0], atol=1e-6)
 
 
 def test_reader_cli_and_demos_without_states(dot_demos, tmp_path, tiny_dir, capsys):

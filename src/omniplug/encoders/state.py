@@ -12,6 +12,11 @@ demonstrations (``omniplug demos reader``), estimates the state from pixels:
 
 With ``history: 2`` in the demos the LLM sees two such tokens and can take the velocity from their
 difference. The reader stays frozen (``freeze_reader``); the linear map and everything after it train.
+
+``fourier: F`` feeds the linear map the estimate together with its sines and cosines at F octaves (pi, 2 pi, 4 pi,
+...; NeRF's positional encoding): a from-scratch LLM then tells apart states a few hundredths apart, which fine
+continuous control needs (Reacher: a 4-layer LLM memorised 64 samples' torques to L1 0.012 in 400 steps with F = 4,
+and stayed at 0.056 after 800 without).
 """
 
 from __future__ import annotations
@@ -85,7 +90,8 @@ class StateEncoder(PerceptionEncoder):
     starts a random reader that trains with the rest: tests and ablations; give ``state_dim`` then)."""
 
     def __init__(self, *, reader: str | None = None, dim: int = 128, freeze: bool = False, freeze_reader: bool = True,
-                 from_scratch: bool = False, state_dim: int | None = None, image_size: int = 64) -> None:
+                 from_scratch: bool = False, state_dim: int | None = None, image_size: int = 64,
+                 fourier: int = 0) -> None:
         super().__init__()
         if reader is None and not (from_scratch and state_dim):
             raise ValueError("encoder state needs `reader: DIR` (train one with `omniplug demos reader --data DEMOS "
@@ -94,7 +100,10 @@ class StateEncoder(PerceptionEncoder):
                        else StateReader.load(reader))
         self.net_name, self.freeze, self.frozen_net = "reader", freeze, freeze_reader and reader is not None
         self.image_size = self.reader.config.image_size
-        self.embed = nn.Linear(self.reader.config.state_dim, dim)
+        if fourier < 0:
+            raise ValueError(f"encoder state: fourier (frequency bands) must be >= 0, got {fourier}")
+        self.register_buffer("bands", torch.pi * 2.0 ** torch.arange(fourier, dtype=torch.float32), persistent=False)
+        self.embed = nn.Linear(self.reader.config.state_dim * (1 + 2 * fourier), dim)
         self.out_dim, self.num_tokens = dim, 1
         self.requires_grad_(True)
 
@@ -102,4 +111,8 @@ class StateEncoder(PerceptionEncoder):
         return to_pixels(images, self.image_size)
 
     def forward(self, pixel_values: Tensor) -> ImageFeatures:
-        return ImageFeatures(tokens=self.embed(self.perceive(pixel_values)).unsqueeze(1))
+        state = self.perceive(pixel_values)
+        if len(self.bands):  # (N, K) -> (N, K (1 + 2F)): the estimate and its sines / cosines at F frequencies
+            angles = (state.unsqueeze(-1) * self.bands).flatten(1)
+            state = torch.cat([state, angles.sin(), angles.cos()], dim=1)
+        return ImageFeatures(tokens=self.embed(state).unsqueeze(1))
