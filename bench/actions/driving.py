@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(Path(__file__).with_name("driving.json")))
     p.add_argument("--threads", type=int, default=2, help="torch threads per process")
     p.add_argument("--jobs", type=int, default=1, help="missions evaluated side by side in processes (up to 3)")
+    p.add_argument("--actions", choices=("meta", "continuous"), default="meta",
+                   help="the environment's action space (continuous: the blind baseline is zero acceleration and "
+                        "steering; GIFs are named driving_continuous_<mission>.gif)")
     args = p.parse_args(argv)
 
     from omniplug.eval.bench_record import record_header
@@ -51,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not (Path(run) / "config.yaml").is_file():
                 p.error(f"--agent {item!r}: give NAME=RUN, RUN a training run folder with config.yaml")
             agents[name] = (str(Path(run) / "config.yaml"), [*args.overrides, f"one_model.weights={run}"])
-    result = {**record_header(repo=REPO, config=args.config, argv=argv), "episodes": args.episodes,
+    result = {**record_header(repo=REPO, config=args.config, argv=argv), "actions": args.actions, "episodes": args.episodes,
               "seed": args.seed, "agents": {name: config for name, (config, _) in agents.items()}, "missions": {}}
-    one = partial(_mission, agents=agents, episodes=args.episodes, seed=args.seed, threads=args.threads)
+    one = partial(_mission, agents=agents, episodes=args.episodes, seed=args.seed, threads=args.threads,
+                  actions=args.actions)
     if args.jobs <= 1:
         rows = [one(m) for m in MISSIONS]
     else:
@@ -64,24 +68,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _mission(mission: str, *, agents: dict, episodes: int, seed: int, threads: int) -> dict:
-    """Expert, the blind `idle` and every agent on one mission; the last agent's first 4 episodes -> GIF."""
+def _mission(mission: str, *, agents: dict, episodes: int, seed: int, threads: int, actions: str = "meta") -> dict:
+    """Expert, the blind baseline (`idle`; continuous: `zero`) and every agent on one mission; the last agent's
+    first 4 episodes -> GIF."""
     import torch
 
     from omniplug.envs.base import make_env
     from omniplug.envs.rollout import ConstantPolicy, evaluate, evaluate_config
 
     torch.set_num_threads(threads)
-    here, options = Path(__file__).parent, {"mission": mission}
-    idle = ConstantPolicy("idle", make_env("highway", duration=1).action_space)
+    here, options = Path(__file__).parent, {"mission": mission, "actions": actions}
+    space = make_env("highway", duration=1, actions=actions).action_space
+    blind, blind_name = (ConstantPolicy("idle", space), "idle") if actions == "meta" else \
+        (ConstantPolicy([0.0, 0.0], space), "zero")
     rows = {"expert": evaluate("expert", "highway", episodes=episodes, seed=seed, env_options=options),
-            "idle": evaluate(idle, "highway", episodes=episodes, seed=seed, env_options=options)}
+            blind_name: evaluate(blind, "highway", episodes=episodes, seed=seed, env_options=options)}
+    stem = "driving" if actions == "meta" else "driving_continuous"
     for name, (config, agent_overrides) in agents.items():
         rows[name] = evaluate_config(config, agent_overrides, env="highway", episodes=episodes, seed=seed,
-                                     env_options=options, out_dir=here / f"driving_{mission}")
-    gif = here / f"driving_{mission}" / "rollouts.gif"
+                                     env_options=options, out_dir=here / f"{stem}_{mission}")
+    gif = here / f"{stem}_{mission}" / "rollouts.gif"
     if gif.is_file():
-        gif.replace(here / f"driving_{mission}.gif")
+        gif.replace(here / f"{stem}_{mission}.gif")
         shutil.rmtree(gif.parent, ignore_errors=True)
     table = {name: {k: r.summary().get(k) for k in KEYS} for name, r in rows.items()}
     print(mission, json.dumps(table), flush=True)
