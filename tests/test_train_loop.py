@@ -219,3 +219,36 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_dir, tmp_
 
     result = train(load_config(path, overrides=["trainer.gradient_checkpointing=true", "trainer.max_epoch=1"]))
     assert result.steps == 4 and result.last_loss is not None and result.model.llm.model.is_gradient_checkpointing
+
+
+def test_a_missed_validation_floor_stops_the_run_loudly_with_its_checkpoint(tiny_dir, tmp_path):
+    # trainer.expect: a floor the validation cannot reach ends the run at the first validation at or after
+    # by_step (here step 4 of 8), checkpoint written; a reachable floor lets the run finish
+    from omniplug.train import ExpectationError
+
+    common = ["data.eval=[phrase_val]", "trainer.eval_every=2", "trainer.save_every=3", "trainer.batch_size_eval=5"]
+    path = write_config(tiny_dir, tmp_path, out=tmp_path / "stopped")
+    with pytest.raises(ExpectationError, match=r"step 4: .*phrase_val/loss=\d+\.\d+ > 1e-09 \(by step 3\)"):
+        train(load_config(path, [*common, 'trainer.expect={"phrase_val/loss": {max: 1.0e-9, by_step: 3}}']))
+    out = tmp_path / "stopped"
+    assert [json.loads(line)["step"] for line in (out / "eval_metrics.jsonl").read_text().splitlines()] == [2, 4]
+    assert (out / "checkpoints" / "step_000004").is_dir() and not (out / "trainable.safetensors").exists()
+
+    path = write_config(tiny_dir, tmp_path, out=tmp_path / "finished")
+    result = train(load_config(path, [*common, 'trainer.expect={"phrase_val/loss": {max: 1.0e6}, '
+                                               '"phrase_val/tst/mse": {min: 0.0, by_step: 2}}']))
+    assert result.steps == 8 and (tmp_path / "finished" / "trainable.safetensors").is_file()
+
+
+@pytest.mark.parametrize("expect, message", [
+    ('{"phrase_train/loss": {max: 1.0}}', "must be '<data.eval entry>/<metric>'"),
+    ('{"phrase_val/loss": {by_step: 3}}', "with min and/or max"),
+    ('{"phrase_val/loss": {max: 1.0, after: 3}}', "with min and/or max"),
+    ('{"phrase_val/seg/ciou": {min: 0.5}}', "reports no 'seg/ciou'; its validation reports .*lm_loss"),
+])
+def test_bad_validation_floors_are_refused(tiny_dir, tmp_path, expect, message):
+    from omniplug.config.schema import ConfigError
+
+    path = write_config(tiny_dir, tmp_path, out=tmp_path / "out")
+    with pytest.raises(ConfigError, match=message):
+        train(load_config(path, ["data.eval=[phrase_val]", "trainer.eval_every=2", f"trainer.expect={expect}"]))

@@ -28,11 +28,11 @@ def _run(args: argparse.Namespace) -> int:
 
         run_evaluation(config)
         return 0
-    from omniplug.train import NonFiniteLossError, train
+    from omniplug.train import ExpectationError, NonFiniteLossError, train
 
     try:
         train(config, stop_after_steps=args.stop_after)
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, ExpectationError) as exc:
         print(f"omniplug train: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -130,6 +130,10 @@ class TrainerConfig:
     max_nonfinite_in_row: int = 5
     eval_max_samples: int | None = None
     eval_every: int = 0  # optimizer steps between validations of data.eval (besides every epoch end); 0 = epoch ends only
+    # floors the validations must reach: {"<data.eval entry>/<metric>": {min: 0.3, by_step: 1500}} (max: for a loss);
+    # the first validation at or after by_step (default 0) that misses one ends the run there — checkpoint and
+    # loss curve written — with an error naming the figure: a decoder that never converged stops early and loudly
+    expect: dict[str, dict[str, float]] = field(default_factory=dict)
     keep_last_checkpoints: int = 3  # complete checkpoints kept in output_dir/checkpoints (older ones are deleted)
     # length grouping: the draws of every window of this many global batches are sorted by their dataset's typical
     # token length before being cut into batches (less padding; batches mostly of one task); 0 = off

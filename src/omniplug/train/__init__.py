@@ -1,5 +1,5 @@
 """One training loop for every task: ``omniplug train -c CONFIG`` (see ``loop.py``)."""
 
-from omniplug.train.loop import NonFiniteLossError, TrainResult, train
+from omniplug.train.loop import ExpectationError, NonFiniteLossError, TrainResult, train
 
-__all__ = ["NonFiniteLossError", "TrainResult", "train"]
+__all__ = ["ExpectationError", "NonFiniteLossError", "TrainResult", "train"]

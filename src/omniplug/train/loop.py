@@ -4,7 +4,7 @@
     -> resume (weights, optimizer, train state, per-rank RNG) -> accelerate.prepare
     -> for each optimizer step: lr from the schedule; grad_accum_steps micro-batches forward/backward;
        clip; all ranks agree whether the loss was finite; step or skip; log; evaluate at epoch ends (and every
-       trainer.eval_every steps);
+       trainer.eval_every steps) and stop when a validation misses a trainer.expect floor;
        checkpoint every save_every steps
     -> final checkpoint, trainable weights in output_dir, loss curve, summary.
 
@@ -47,6 +47,10 @@ from omniplug.weights import save_trainable, trainable_state_dict
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped: too many consecutive steps had a non-finite loss or gradient."""
+
+
+class ExpectationError(RuntimeError):
+    """Training stopped: a validation missed a ``trainer.expect`` floor (outputs of the run so far are written)."""
 
 
 @dataclass
@@ -150,6 +154,7 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
     data_hash = hashlib.sha256()
     last_saved: Path | None = resume_from
     save_pending = False
+    missed: list[str] = []
     bar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train",
                dynamic_ncols=True)
 
@@ -215,13 +220,17 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
                     f"check the data of these steps, or raise max_nonfinite_in_row")
 
         if eval_sets and (state.step % tc.iters_per_epoch == 0 or (tc.eval_every and state.step % tc.eval_every == 0)):
-            _evaluate_epoch(accelerator, raw_model, eval_sets, tc, config.data.max_length, log, out, state.step,
-                            lockstep=sharded)
+            results = _evaluate_epoch(accelerator, raw_model, eval_sets, tc, config.data.max_length, log, out,
+                                      state.step, lockstep=sharded)
+            missed = missed_expectations(tc.expect, results, state.step)
+            if not _all_ranks(accelerator, not missed):
+                missed = missed or ["a validation floor (trainer.expect) missed on another rank"]
+            save_pending |= bool(missed)  # checkpoint this step, then end the run below
         save_pending |= state.step % save_every == 0 or state.step == total_steps
         if save_pending and state.nonfinite_in_row == 0:  # never checkpoint in the middle of a non-finite run
             last_saved = save_checkpoint(accelerator, model, optimizer, state, out, keep_last=tc.keep_last_checkpoints)
             save_pending = False
-        if stop_after_steps is not None and state.step >= stop_after_steps:
+        if missed or (stop_after_steps is not None and state.step >= stop_after_steps):
             break
     bar.close()
     seconds = time.perf_counter() - started
@@ -243,6 +252,11 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> TrainResult
         log.close()
         _print_summary(result, curve, finished=finished)
     accelerator.wait_for_everyone()
+    if missed:
+        raise ExpectationError(
+            f"stopped at step {state.step}: the validation missed trainer.expect: {'; '.join(missed)}. Checkpoint "
+            f"{last_saved or 'none'} and the loss curve are written. A mask decoder that has not converged by "
+            f"then rarely does later (bench/HISTORY.md): change trainer.seed or the recipe, or relax trainer.expect")
     return result
 
 
@@ -369,6 +383,14 @@ def _check_trainer(config: Config) -> None:
     if tc.length_group_window < 0:
         raise ConfigError(f"trainer.length_group_window must be >= 0 (global batches sorted by length together; "
                           f"0 = no length grouping), got {tc.length_group_window}")
+    for key, floor in tc.expect.items():
+        entry, _, metric = key.partition("/")
+        if entry not in config.data.eval or not metric:
+            raise ConfigError(f"trainer.expect key {key!r} must be '<data.eval entry>/<metric>' (data.eval: "
+                              f"{list(config.data.eval)}), e.g. 'referring_val/seg/ciou'")
+        if not isinstance(floor, dict) or not set(floor) <= {"min", "max", "by_step"} or not {"min", "max"} & set(floor):
+            raise ConfigError(f"trainer.expect[{key!r}] must be a mapping with min and/or max (and optionally "
+                              f"by_step), got {floor!r}")
     if tc.eval_every and not config.data.eval:
         raise ConfigError(f"trainer.eval_every={tc.eval_every} but data.eval names no dataset to validate on; "
                           f"set data.eval: [dataset entries] or trainer.eval_every=0")
@@ -401,8 +423,32 @@ def _mean_over_ranks(accelerator, terms: dict[str, float]) -> dict[str, float]:
     return {key: sum(values) / len(values) for key, values in merged.items()}
 
 
+def missed_expectations(expect: dict[str, dict[str, float]], results: dict[str, dict[str, float]],
+                        step: int) -> list[str]:
+    """The ``trainer.expect`` floors this step's validation ``results`` ({entry: {metric: value}}) misses, each
+    as "entry/metric=value < min"; floors whose ``by_step`` lies ahead are not checked yet. A floor naming a
+    metric the validation does not report is a ConfigError that lists the ones it does."""
+    missed = []
+    for key, floor in expect.items():
+        entry, _, metric = key.partition("/")
+        if entry not in results:
+            continue
+        if metric not in results[entry]:
+            raise ConfigError(f"trainer.expect: {entry!r} reports no {metric!r}; its validation reports "
+                              f"{', '.join(sorted(results[entry]))}")
+        if step < floor.get("by_step", 0):
+            continue
+        value = results[entry][metric]
+        if "min" in floor and not value >= floor["min"]:  # NaN misses too
+            missed.append(f"{key}={value:.4f} < {floor['min']} (by step {int(floor.get('by_step', 0))})")
+        if "max" in floor and not value <= floor["max"]:
+            missed.append(f"{key}={value:.4f} > {floor['max']} (by step {int(floor.get('by_step', 0))})")
+    return missed
+
+
 def _evaluate_epoch(accelerator, model, eval_sets, tc, max_length: int, log: MetricsLog, out: Path, step: int, *,
-                    lockstep: bool) -> None:
+                    lockstep: bool) -> dict[str, dict[str, float]]:
+    results = {}
     for name, dataset in eval_sets.items():
         result = validation_loss(model, dataset, accelerator=accelerator, batch_size=tc.batch_size_eval,
                                  max_length=max_length, max_samples=tc.eval_max_samples, lockstep=lockstep)
@@ -411,6 +457,8 @@ def _evaluate_epoch(accelerator, model, eval_sets, tc, max_length: int, log: Met
             log.log_eval(step, {f"{name}/{k}": v for k, v in result.items()})
             with open(out / "eval_metrics.jsonl", "a") as fh:
                 fh.write(json.dumps({"step": step, "dataset": name, **result}) + "\n")
+        results[name] = result
+    return results
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
