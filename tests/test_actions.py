@@ -205,6 +205,32 @@ def test_tiny_policy_overfits_a_handful_of_demo_steps(tiny_dir):
     assert losses[-1] < 0.6 * losses[0], losses
 
 
+def test_action_weights_weigh_the_action_token_cross_entropy(tiny_dir):
+    # act_tokens with action_weights: the token CE is the weighted mean (the weighted action's token counts
+    # `weight` times); unweighted it is the plain mean; names outside the space and a missing token CE are refused
+    from omniplug.config.schema import ConfigError
+    from omniplug.actions.decoder import ActionOutput
+
+    model, _ = _build(tiny_dir, "act_tokens_tiny", "decoder.act_tokens_tiny.token_loss_weight=1.0")
+    dec = model.decoders["act"]
+    names = list(dec.space.names)
+    ids = torch.tensor([[dec._slot_ids[0][i][0]] for i in range(2)])  # two answers: actions 0 and 1
+    logits = torch.randn(2, 1, len(model.tokenizer))
+    out = ActionOutput(batch_index=torch.arange(2), actions=torch.zeros(2, 1), codes=torch.zeros(2, 1),
+                       answer_ids=ids, answer_logits=logits)
+    each = torch.nn.functional.cross_entropy(logits[:, 0], ids[:, 0], reduction="none")
+    assert torch.allclose(dec.loss(out, [])["token_ce"], each.mean())
+    weighted, _ = _build(tiny_dir, "act_tokens_tiny", "decoder.act_tokens_tiny.token_loss_weight=1.0",
+                         f"decoder.act_tokens_tiny.action_weights={{{names[1]}: 3.0}}")
+    got = weighted.decoders["act"].loss(out, [])["token_ce"]
+    assert torch.allclose(got, (each[0] + 3 * each[1]) / 4)
+    with pytest.raises(ConfigError, match="not actions of this space"):
+        _build(tiny_dir, "act_tokens_tiny", "decoder.act_tokens_tiny.token_loss_weight=1.0",
+               "decoder.act_tokens_tiny.action_weights={brake: 3.0}")
+    with pytest.raises(ConfigError, match="set token_loss_weight > 0"):
+        _build(tiny_dir, "act_tokens_tiny", f"decoder.act_tokens_tiny.action_weights={{{names[1]}: 3.0}}")
+
+
 def test_bad_action_configs_are_loud(tiny_dir):
     from omniplug.config.schema import ConfigError
 

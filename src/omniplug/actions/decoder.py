@@ -119,10 +119,22 @@ class TokenActionDecoder(ActionDecoder):
 
     reads_prompts: ClassVar[bool] = False
 
-    def __init__(self, *, token_loss_weight: float, **kwargs: Any) -> None:
+    def __init__(self, *, token_loss_weight: float, action_weights: dict[str, float] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.prompt_dim = 0
         self.token_loss_weight = token_loss_weight
+        self.action_weights = dict(action_weights or {})
+        if self.action_weights:
+            names = list(self.space.names or ())
+            unknown = sorted(set(self.action_weights) - set(names))
+            if unknown or not names:
+                raise ConfigError(f"action_weights names {unknown or list(self.action_weights)}, not actions of this "
+                                  f"space {names}: weight discrete actions by their names")
+            if any(not w > 0 for w in self.action_weights.values()):
+                raise ConfigError(f"action_weights must be > 0, got {self.action_weights}")
+            if not token_loss_weight:
+                raise ConfigError("action_weights weigh the action-token cross entropy: set token_loss_weight > 0 too")
         self._slot_ids: list[list[tuple[int, ...]]] | None = None
         self.answer_length = len(self.slot_texts())  # refined by bind_tokenizer (multi-token candidates)
 
@@ -215,8 +227,22 @@ class TokenActionDecoder(ActionDecoder):
         valid = out.answer_ids >= 0
         if not bool(valid.any()):
             return {"token_ce": out.answer_logits.sum() * 0.0}
-        ce = F.cross_entropy(out.answer_logits[valid].float(), out.answer_ids[valid])
+        logits = out.answer_logits[valid].float()
+        ce = F.cross_entropy(logits, out.answer_ids[valid], weight=self._class_weights(logits.shape[-1], logits.device))
         return {"token_ce": self.token_loss_weight * ce}
+
+    def _class_weights(self, vocab: int, device) -> Tensor | None:
+        """Per-token weights of the cross entropy: each weighted action's tokens (every slot) get its weight,
+        every other token 1 (a weighted mean: a batch's weighted actions count that many times)."""
+        if not self.action_weights:
+            return None
+        weights = torch.ones(vocab, device=device)
+        names = list(self.space.names)
+        for row in self._slot_ids or []:
+            for name, seq in zip(names, row):
+                if name in self.action_weights:
+                    weights[list(seq)] = self.action_weights[name]
+        return weights
 
 
 def _check_prefix_free(row: list[tuple[int, ...]], texts: list[str]) -> None:

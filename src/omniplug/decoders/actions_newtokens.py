@@ -2,7 +2,9 @@
 
 Action ``pick up`` becomes the token ``<act_pick_up>``; a training answer for a chunk of two
 actions reads ``<act><act_forward><act_left>``. The new rows of the embedding and LM head train
-(LoRA's trainable tokens in train_mode 1).
+(LoRA's trainable tokens in train_mode 1). ``token_loss_weight`` adds a cross entropy on the action tokens
+alone, ``action_weights`` ({name: weight}) weighs actions in it, e.g. ``{slower: 3}`` for a driver that must
+not brake late.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from omniplug.config.schema import ConfigError
 @DECODERS.register("act_tokens")
 class NewTokenActionDecoder(TokenActionDecoder):
     def __init__(self, *, demos: str | None = None, actions: list[str] | None = None, token: str = "<act>",
-                 chunk: int = 1, token_loss_weight: float = 0.0, freeze: bool = False) -> None:
+                 chunk: int = 1, token_loss_weight: float = 0.0, action_weights: dict[str, float] | None = None,
+                 freeze: bool = False) -> None:
         space, _, _ = resolve_space(demos=demos, actions=actions, action_dim=None, low=None, high=None, bounds="min_max")
         if not space.is_discrete:
             raise ConfigError("act_tokens gives discrete actions their own tokens; for continuous actions use act_bins, "
@@ -29,7 +32,7 @@ class NewTokenActionDecoder(TokenActionDecoder):
         if len(set(self.extra_tokens)) != len(self.extra_tokens):
             raise ConfigError(f"action names {list(space.names)} give clashing tokens {self.extra_tokens}")
         super().__init__(token=token, chunk=chunk, space=space, low=None, high=None, freeze=freeze,
-                         token_loss_weight=token_loss_weight)
+                         token_loss_weight=token_loss_weight, action_weights=action_weights)
 
     def slot_texts(self) -> list[list[str]]:
         return [list(self.extra_tokens) for _ in range(self.chunk)]
