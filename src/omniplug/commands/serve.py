@@ -36,6 +36,14 @@ def _server_args(p: argparse.ArgumentParser) -> None:
                         "needs ~300 MB per image prompt)")
     p.add_argument("--examples", choices=("auto", "world", "none"), default=d.examples,
                    help="example gallery: world images (auto: when the model was trained on the world)")
+    p.add_argument("--env", default=None, metavar="ENV",
+                   help="an environment the served agent plays missions in: the UI's Rollout tab and POST /v1/rollout "
+                        "(e.g. --env highway with configs/driving/highway.yaml, --env babyai-gotolocal with "
+                        "configs/babyai/gotolocal.yaml)")
+    p.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of --env (repeatable), as omniplug eval takes it")
+    p.add_argument("--max-rollout-episodes", type=int, default=d.max_rollout_episodes,
+                   help="episodes one rollout request may ask for")
     p.add_argument("--device", default=None, help="e.g. cuda (default: CPU)")
 
 
@@ -59,7 +67,9 @@ def _settings(args: argparse.Namespace):
                          max_pixels=args.max_pixels, max_images=args.max_images, max_new_tokens=args.max_new_tokens,
                          clip_frames=args.clip_frames, max_clip_frames=args.max_clip_frames,
                          default_new_tokens=min(64, args.max_new_tokens), concurrency=args.concurrency,
-                         queue_size=args.queue_size, examples=args.examples, prefix_cache_mb=args.prefix_cache_mb)
+                         queue_size=args.queue_size, examples=args.examples, prefix_cache_mb=args.prefix_cache_mb,
+                         env=args.env, env_option=tuple(args.env_option),
+                         max_rollout_episodes=args.max_rollout_episodes)
 
 
 @command("serve", "web UI and HTTP API (POST /v1/infer) for a model, on 127.0.0.1 unless told otherwise")(_serve_args)

@@ -12,6 +12,7 @@ Modules, in the order a request meets them:
   admission.py  ``Admission``: N requests running, M waiting, the rest refused (429)
   service.py    ``Service``: loads the Pipeline in the background, ``answer()``: the one handler
   payload.py    ``Response`` -> the JSON body of ``/v1/infer``
+  rollouts.py   ``Rollouts``: a typed mission played by the served agent in ``--env`` (Rollout tab, /v1/rollout)
   examples.py   example images of the procedural world for the default model
   app.py        puts it together: ``create_app`` and ``serve``
 """

@@ -11,12 +11,17 @@ the form is parsed and images are decoded.
 ``--concurrency`` times): several questions about the same upload, answered together (the images
 encoded once, the shared prompt prefix prefilled once) as ``{"answers": [one /v1/infer answer per
 prompt, in order]}``.
+
+``/v1/rollout`` (a server started with ``--env``) takes JSON ``{"mission": ..., "episodes": 1, "seed":
+100000}``: the agent plays the mission's episodes; the answer holds their figures and a base64 GIF.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import tempfile
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,7 +32,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import RequestError
-from .payload import ErrorResponse, InferManyResponse, InferResponse, to_payload
+from .payload import ErrorResponse, InferManyResponse, InferResponse, RolloutRequest, RolloutResponse, to_payload
 from .service import Service
 from .settings import ServeSettings
 from .uploads import MAX_TEMPERATURE, OPTION_FIELDS, UPLOAD_FORMATS, Upload, decode_images, parse_options
@@ -181,6 +186,17 @@ def add_api(app: FastAPI, service: Service, settings: ServeSettings) -> None:
         responses = await run_in_threadpool(service.answer_many, images, prompts, options)
         payloads = await run_in_threadpool(lambda: [to_payload(r) for r in responses])
         return JSONResponse(json.loads(InferManyResponse(answers=payloads).model_dump_json()))
+
+    @app.post("/v1/rollout", response_model=RolloutResponse, responses={**_ERRORS, 404: {
+        "model": ErrorResponse, "description": "the server was started without --env"}},
+              summary="the agent plays a mission in the server's environment (omniplug serve --env ENV)")
+    def rollout(body: RolloutRequest) -> JSONResponse:
+        with tempfile.TemporaryDirectory(prefix="omniplug-rollout-") as folder:
+            done = service.rollouts.run(body.mission, body.episodes, body.seed, folder)
+            gif = base64.b64encode(done.gif.read_bytes()).decode("ascii")
+        out = RolloutResponse(mission=done.mission, env=str(settings.env), seeds=done.seeds, summary=done.summary,
+                              episodes=done.episodes, gif=gif)
+        return JSONResponse(json.loads(out.model_dump_json()))
 
 
 async def _read_form(request: Request, settings: ServeSettings, *,

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from .api import BodyLimit, add_api
 from .auth import BasicAuth
 from .examples import Example, output_kinds, trained_on_world, world_examples
+from .rollouts import check_env
 from .service import Service
 from .settings import ServeSettings, check_bind
 from .ui import build_ui
@@ -62,6 +63,7 @@ def serve(config: str, overrides: Sequence[str], settings: ServeSettings, *, dev
           announce: Callable[[str], None] = print) -> int:
     """Run the server until interrupted. Raises ValueError (before binding) for an unsafe bind."""
     check_bind(settings)
+    check_env(settings)
     service = Service(config=config, overrides=overrides, settings=settings, device=device)
     app = create_app(service, settings, examples=pick_examples(settings, config, overrides))
     try:
@@ -72,8 +74,9 @@ def serve(config: str, overrides: Sequence[str], settings: ServeSettings, *, dev
     service.start()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"http://{host}:{sock.getsockname()[1]}/"
-    announce(f"omniplug: serving {config} at {url} (API: {url}v1/infer, docs: {url}docs); the model loads in the "
-             f"background, {url}ready says when it can answer. Ctrl+C stops.")
+    rollouts = f", rollouts in {settings.env}: the Rollout tab and {url}v1/rollout" if settings.env else ""
+    announce(f"omniplug: serving {config} at {url} (API: {url}v1/infer, docs: {url}docs{rollouts}); the model loads "
+             f"in the background, {url}ready says when it can answer. Ctrl+C stops.")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
     server.run(sockets=[sock])
     return 0

@@ -59,6 +59,26 @@ class InferManyResponse(BaseModel):
     answers: list[InferResponse] = Field(description="one answer per prompt, in the order the prompts were sent")
 
 
+class RolloutRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    mission: str = Field(description="what the agent should do, as the environment says it, e.g. 'keep to the "
+                                     "right lane' or 'go to the red ball'")
+    episodes: int = Field(1, description="episodes to play side by side (1 to the server's --max-rollout-episodes)")
+    seed: int = Field(100_000, description="the first seed tried: the episodes are the first seeds from here on "
+                                           "whose mission is the one asked")
+
+
+class RolloutResponse(BaseModel):
+    mission: str
+    env: str
+    seeds: list[int] = Field(description="the episodes' seeds (omniplug eval --env ENV --mission ... replays them)")
+    summary: dict[str, Any] = Field(description="success rate, mean return and length, the environment's measures "
+                                                "(driving: crashed, mean speed, ...)")
+    episodes: list[dict[str, Any]] = Field(description="per episode: seed, success, total_return, length, metrics")
+    gif: str = Field(description="base64 animated GIF: the episodes side by side, a green frame marks a success, red "
+                                 "a failure")
+
+
 class ErrorBody(BaseModel):
     code: str = Field(description="stable machine-readable reason, e.g. invalid_image, queue_full")
     message: str = Field(description="what went wrong and what to do")

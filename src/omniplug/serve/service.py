@@ -24,6 +24,7 @@ from omniplug.types import Response
 
 from .admission import Admission
 from .errors import RequestError
+from .rollouts import Rollouts
 from .settings import ServeSettings
 from .uploads import InferOptions, check_prompt
 
@@ -56,6 +57,7 @@ class Service:
         self._message = "loading the model"
         self._load_seconds: float | None = None
         self._thread: threading.Thread | None = None
+        self.rollouts = Rollouts(self)  # missions played in settings.env (when the server has one)
 
     # --- loading --------------------------------------------------------------------------------
     def start(self) -> "Service":
@@ -80,6 +82,10 @@ class Service:
         try:
             pipeline = Pipeline.from_config(self.config, self.overrides, device=self.device,
                                             prefix_cache_mb=self.settings.prefix_cache_mb)
+            if self.settings.env is not None and "act" not in pipeline.model.decoders:
+                raise ValueError(f"--env {self.settings.env} rolls out the model's action decoder, and this config "
+                                 f"has none (its decoders: {sorted(pipeline.model.decoders) or 'none'}); serve an "
+                                 "agent's config (e.g. configs/driving/highway.yaml) or leave --env out")
             self._warm_up(pipeline)
         except Exception as exc:  # the server stays up and says why it is not ready
             log.error("model failed to load: %s", traceback.format_exc())

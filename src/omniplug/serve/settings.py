@@ -30,10 +30,13 @@ class ServeSettings:
     prefix_cache_mb: float = 64.0  # keys/values of earlier prompts and answers kept for later turns (0: off)
     examples: Literal["auto", "world", "none"] = "auto"  # auto: the world's examples for a model trained on it
     title: str = "omniplug"
+    env: str | None = None  # an environment the served agent plays missions in (the Rollout tab, POST /v1/rollout)
+    env_option: tuple[str, ...] = ()  # its options as key=value (omniplug eval's --env-option)
+    max_rollout_episodes: int = 4  # episodes one rollout request may ask for (they play side by side)
 
     def __post_init__(self) -> None:
         for name in ("max_pixels", "max_images", "max_prompt_chars", "max_new_tokens", "default_new_tokens",
-                     "concurrency", "clip_frames", "max_clip_frames"):
+                     "concurrency", "clip_frames", "max_clip_frames", "max_rollout_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.queue_size < 0:
@@ -51,6 +54,15 @@ class ServeSettings:
             raise ValueError(f"examples must be auto, world or none, got {self.examples!r}")
         if self.auth is not None:
             parse_auth(self.auth)
+        if self.env_option and self.env is None:
+            raise ValueError("env_option sets options of an environment: give env too (e.g. --env highway)")
+        self.env_options  # parsed here: a malformed option fails before the server starts
+
+    @property
+    def env_options(self) -> dict:
+        from omniplug.envs.base import parse_options
+
+        return parse_options(list(self.env_option))
 
     @property
     def max_upload_bytes(self) -> int:

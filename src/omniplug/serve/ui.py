@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import threading
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +23,16 @@ from omniplug.types import Response
 from .errors import RequestError
 from .examples import Example
 from .payload import to_payload
+from .rollouts import example_missions
 from .service import Service
 from .settings import ServeSettings
 from .uploads import InferOptions, Upload, decode_images
 
 HINT = ("Upload an image (PNG, JPEG, WEBP, GIF, BMP) and ask, e.g. *Please segment the red circle.*; "
         "masks appear on the right. **Clear** starts a new conversation.")
+ROLLOUT_HINT = ("Type a mission (or pick one) and press **Roll out**: the agent plays it in `{env}`, the episodes "
+                "side by side (a green frame marks a success, red a failure). The episodes are the first seeds from "
+                "*first seed* on whose mission it is; `omniplug eval --env {env} --mission ...` replays them.")
 
 
 @dataclass
@@ -134,16 +139,31 @@ def build_ui(service: Service, settings: ServeSettings, examples: list[Example])
     def clear():
         return None, [], Conversation(), None, [], None, None, "Cleared."
 
+    def roll(mission, episodes, seed):
+        try:
+            done = service.rollouts.run(mission, int(episodes), int(seed), files.new_dir())
+        except RequestError as exc:  # the mission stays in the box so that it can be fixed
+            return None, None, f"**Error** ({exc.code}): {exc.message}"
+        s = done.summary
+        measures = {k: v for k, v in s.items() if k.startswith(("crashed", "mean_speed", "success_")) and k != "success_rate"}
+        extra = "".join(f", {k.replace('_', ' ')} {v:.2f}" for k, v in measures.items())
+        status = (f"{len(done.seeds)} episode(s) of *{done.mission}* (seeds {', '.join(map(str, done.seeds))}) in "
+                  f"{s['seconds']:.1f} s: success {s['success_rate']:.2f}, mean length {s['mean_length']:.1f} "
+                  f"steps{extra}.")
+        return str(done.gif), {"summary": s, "episodes": done.episodes}, status
+
     def readiness():
         r = service.readiness
         return {"ready": f"Model ready: `{service.config}`", "loading": "The model is loading...",
                 "failed": f"**Error**: {r.message}"}[r.state]
 
     first = next((e for e in examples if e.image), None)
+    missions = example_missions(settings)
     with gr.Blocks(title=settings.title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {settings.title}\n{HINT}")
         conv = gr.State(Conversation())
-        with gr.Row():
+        tabs = gr.Tabs() if settings.env else nullcontext()
+        with tabs, (gr.Tab("Chat") if settings.env else nullcontext()), gr.Row():
             with gr.Column(scale=3):
                 chat = gr.Chatbot(label="Conversation", height=380, elem_id="chat")
                 box = gr.MultimodalTextbox(
@@ -169,6 +189,24 @@ def build_ui(service: Service, settings: ServeSettings, examples: list[Example])
                 downloads = gr.File(label="Downloads: masks, overlay, boxes, response.json", file_count="multiple",
                                     interactive=False, elem_id="downloads")
                 timings = gr.JSON(label="Timings (seconds)", elem_id="timings")
+        if settings.env:
+            with tabs, gr.Tab("Rollout", elem_id="rollout-tab"):
+                gr.Markdown(ROLLOUT_HINT.format(env=settings.env))
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        mission = gr.Dropdown(choices=missions, value=missions[0] if missions else None,
+                                              allow_custom_value=True, label="Mission", elem_id="mission")
+                        episodes = gr.Slider(1, settings.max_rollout_episodes, value=min(2, settings.max_rollout_episodes),
+                                             step=1, label="episodes")
+                        first_seed = gr.Number(100_000, precision=0, minimum=0, label="first seed")
+                        roll_btn = gr.Button("Roll out", variant="primary", elem_id="roll")
+                        roll_status = gr.Markdown(elem_id="rollout-status")
+                    with gr.Column(scale=3):
+                        rollout_gif = gr.Image(label="Rollouts", type="filepath", interactive=False,
+                                               elem_id="rollout-gif", height=360)
+                        rollout_json = gr.JSON(label="Figures", elem_id="rollout-figures")
+            roll_btn.click(roll, [mission, episodes, first_seed], [rollout_gif, rollout_json, roll_status],
+                           api_name="rollout", concurrency_limit=None)
         outputs = [box, chat, conv, shown, generated, downloads, timings, status]
         box.submit(respond, [box, conv, max_new, do_sample, temperature, top_p], outputs, api_name="chat",
                    concurrency_limit=None)
