@@ -280,3 +280,28 @@ def test_the_shipped_babyai_agent_acts_on_a_fresh_clone(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["episodes"] == 4 and report["success_rate"] >= 0.75, report
     assert Image.open(tmp_path / "eval" / "rollouts.gif").n_frames > 3
+
+
+def test_ensemble_votes_by_majority_ties_to_the_first_and_averages_continuous():
+    from omniplug.envs.rollout import EnsemblePolicy
+
+    vote = EnsemblePolicy.vote
+    assert vote([np.array([4]), np.array([2]), np.array([2, 0])]).tolist() == [2]  # majority of first actions
+    assert vote([np.array([3]), np.array([1]), np.array([1]), np.array([3])]).tolist() == [3]  # tie: first listed
+    assert vote([None, np.array([0])]).tolist() == [0] and vote([None, None]) is None  # invalid answers abstain
+    mean = vote([np.array([[0.2, -1.0], [9.0, 9.0]]), np.array([[0.4, 1.0]])])
+    assert np.allclose(mean, [[0.3, 0.0]])
+
+    class Fixed:
+        history = 2
+
+        def __init__(self, action):
+            self.action = action
+
+        def act(self, observations):
+            return [np.array([self.action]) for _ in observations]
+
+    ensemble = EnsemblePolicy([Fixed(1), Fixed(0), Fixed(0)])
+    assert ensemble.history == 2 and [a.tolist() for a in ensemble.act([None, None])] == [[0], [0]]
+    with pytest.raises(ValueError, match="at least 2"):
+        EnsemblePolicy([Fixed(1)])

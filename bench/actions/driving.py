@@ -6,7 +6,8 @@
     python bench/actions/driving.py --agent bc=RUN1 --agent dagger1=RUN2 ...   # several trained runs side by side
 
 ``--agent NAME=RUN`` rolls out a training run with the config it saved (``RUN/config.yaml``: its adapter, frame
-history and ``reasoning``), its final weights; GIFs are written for the last agent named.
+history and ``reasoning``), its final weights; GIFs are written for the last agent named. ``--ensemble
+NAME=RUN1,RUN2,...`` rolls out runs that vote at every decision (``EnsemblePolicy``), next to the shipped agent.
 
 Issue 26's goals: collisions <= the expert's + 0.02, mission success >= 0.90 of the expert's.
 """
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", help="the agent's trained weights (default: the config's one_model.weights)")
     p.add_argument("--agent", action="append", default=[], metavar="NAME=RUN",
                    help="a training run to compare, read with its own config.yaml (repeatable; replaces --weights)")
+    p.add_argument("--ensemble", action="append", default=[], metavar="NAME=RUN1,RUN2,...",
+                   help="training runs that vote at every decision (EnsemblePolicy: majority, ties to the first run)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. one_model.decoder=act_words")
     p.add_argument("--episodes", type=int, default=50, help="per mission and policy")
     p.add_argument("--seed", type=int, default=100_000)
@@ -54,8 +57,15 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not (Path(run) / "config.yaml").is_file():
                 p.error(f"--agent {item!r}: give NAME=RUN, RUN a training run folder with config.yaml")
             agents[name] = (str(Path(run) / "config.yaml"), [*args.overrides, f"one_model.weights={run}"])
+    for item in args.ensemble:
+        name, sep, runs = item.partition("=")
+        runs = [r for r in runs.split(",") if r]
+        if not sep or len(runs) < 2 or not all((Path(r) / "config.yaml").is_file() for r in runs):
+            p.error(f"--ensemble {item!r}: give NAME=RUN1,RUN2,..., at least two training run folders with config.yaml")
+        agents[name] = [(str(Path(r) / "config.yaml"), [*args.overrides, f"one_model.weights={r}"]) for r in runs]
     result = {**record_header(repo=REPO, config=args.config, argv=argv), "actions": args.actions, "episodes": args.episodes,
-              "seed": args.seed, "agents": {name: config for name, (config, _) in agents.items()}, "missions": {}}
+              "seed": args.seed, "missions": {},
+              "agents": {name: ([c for c, _ in spec] if isinstance(spec, list) else spec[0]) for name, spec in agents.items()}}
     one = partial(_mission, agents=agents, episodes=args.episodes, seed=args.seed, threads=args.threads,
                   actions=args.actions)
     if args.jobs <= 1:
@@ -74,7 +84,7 @@ def _mission(mission: str, *, agents: dict, episodes: int, seed: int, threads: i
     import torch
 
     from omniplug.envs.base import make_env
-    from omniplug.envs.rollout import ConstantPolicy, evaluate, evaluate_config
+    from omniplug.envs.rollout import ConstantPolicy, EnsemblePolicy, evaluate, evaluate_config, model_policy
 
     torch.set_num_threads(threads)
     here, options = Path(__file__).parent, {"mission": mission, "actions": actions}
@@ -84,7 +94,13 @@ def _mission(mission: str, *, agents: dict, episodes: int, seed: int, threads: i
     rows = {"expert": evaluate("expert", "highway", episodes=episodes, seed=seed, env_options=options),
             blind_name: evaluate(blind, "highway", episodes=episodes, seed=seed, env_options=options)}
     stem = "driving" if actions == "meta" else "driving_continuous"
-    for name, (config, agent_overrides) in agents.items():
+    for name, spec in agents.items():
+        if isinstance(spec, list):  # an ensemble: the runs vote
+            policy = EnsemblePolicy([model_policy(config, agent_overrides) for config, agent_overrides in spec])
+            rows[name] = evaluate(policy, "highway", episodes=episodes, seed=seed, env_options=options,
+                                  gif=here / f"{stem}_{mission}" / "rollouts.gif")
+            continue
+        config, agent_overrides = spec
         rows[name] = evaluate_config(config, agent_overrides, env="highway", episodes=episodes, seed=seed,
                                      env_options=options, out_dir=here / f"{stem}_{mission}")
     gif = here / f"{stem}_{mission}" / "rollouts.gif"

@@ -151,6 +151,35 @@ class ModelPolicy:
         return [*earlier, o.image]
 
 
+class EnsemblePolicy:
+    """Several policies (e.g. the same recipe trained with different seeds) vote at every decision: discrete
+    actions by majority (a tie goes to the earliest-listed policy among the tied actions), continuous ones by
+    their mean. Only each answer's first action counts (an ensemble decides one step at a time); a policy that
+    gives no valid action abstains."""
+
+    def __init__(self, policies: list[Policy]) -> None:
+        if len(policies) < 2:
+            raise ValueError(f"an ensemble needs at least 2 policies, got {len(policies)}")
+        self.policies = list(policies)
+        self.history = max(int(getattr(p, "history", 1)) for p in self.policies)
+
+    def act(self, observations: list[Observation]) -> list[np.ndarray | None]:
+        answers = [p.act(observations) for p in self.policies]
+        return [self.vote([a[i] for a in answers]) for i in range(len(observations))]
+
+    @staticmethod
+    def vote(answers: list[np.ndarray | None]) -> np.ndarray | None:
+        firsts = [np.asarray(a)[:1] for a in answers if a is not None and len(a)]
+        if not firsts:
+            return None
+        if firsts[0].dtype.kind == "f":
+            return np.mean(firsts, axis=0)
+        ids = [int(f.reshape(-1)[0]) for f in firsts]
+        counts = {i: ids.count(i) for i in ids}
+        best = max(counts.values())
+        return np.asarray([next(i for i in ids if counts[i] == best)])
+
+
 def evaluate(policy: Policy | str, env_name: str, *, episodes: int, seed: int = 100_000, num_envs: int = 8,
              execute: int | None = None, env_options: dict[str, Any] | None = None, gif: str | Path | None = None,
              gif_episodes: int = 4, gif_scale: int = 3, seeds: list[int] | None = None) -> RolloutReport:
