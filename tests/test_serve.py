@@ -18,6 +18,7 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -426,35 +427,42 @@ def test_overload_gets_429_and_accepted_requests_complete(server, image_path):
 
 
 # --- a real browser ---------------------------------------------------------------------------------------
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install -y chromium")
-def test_browser_upload_segment_and_see_the_overlay(server, image_path, tmp_path):
+@contextmanager
+def chromium_page(width: int = 1280, height: int = 900):
+    """A page of headless Chromium (playwright); the calling test is skipped without Chromium or playwright."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"]
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(server.url + "/")
-            page.locator("#prompt input[type=file]").set_input_files(str(image_path))
-            page.locator("#prompt textarea").fill(PROMPT)
-            page.locator("#prompt textarea").press("Enter")
-            page.wait_for_selector("#overlay img", timeout=90_000)  # a loaded 2-core machine needs more than 30 s
-            page.wait_for_function("document.querySelector('#status').innerText.includes('Answered')", timeout=30_000)
-            assert "It is [mask 1]." in page.locator("#chat").inner_text()
-            shot = tmp_path / "ui.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert Image.open(shot).size[0] >= 1000
-            # a bad upload: the status line says what is wrong
-            bad = tmp_path / "not_an_image.png"
-            bad.write_bytes(b"not an image at all")
-            page.locator("#prompt input[type=file]").set_input_files(str(bad))
-            page.locator("#prompt textarea").fill(PROMPT)
-            page.locator("#prompt textarea").press("Enter")
-            page.wait_for_function("document.querySelector('#status').innerText.includes('invalid_image')",
-                                   timeout=30_000)
+            yield browser.new_page(viewport={"width": width, "height": height})
         finally:
             browser.close()
+
+
+def test_browser_upload_segment_and_see_the_overlay(server, image_path, tmp_path):
+    with chromium_page() as page:
+        page.goto(server.url + "/")
+        page.locator("#prompt input[type=file]").set_input_files(str(image_path))
+        page.locator("#prompt textarea").fill(PROMPT)
+        page.locator("#prompt textarea").press("Enter")
+        page.wait_for_selector("#overlay img", timeout=90_000)  # a loaded 2-core machine needs more than 30 s
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Answered')", timeout=30_000)
+        assert "It is [mask 1]." in page.locator("#chat").inner_text()
+        shot = tmp_path / "ui.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert Image.open(shot).size[0] >= 1000
+        # a bad upload: the status line says what is wrong
+        bad = tmp_path / "not_an_image.png"
+        bad.write_bytes(b"not an image at all")
+        page.locator("#prompt input[type=file]").set_input_files(str(bad))
+        page.locator("#prompt textarea").fill(PROMPT)
+        page.locator("#prompt textarea").press("Enter")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('invalid_image')",
+                               timeout=30_000)
 
 
 # --- continuous batching behind the server; several questions about one upload ----------------------------

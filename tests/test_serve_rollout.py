@@ -16,7 +16,7 @@ from omniplug.serve.rollouts import check_env, example_missions
 from omniplug.serve.service import Service
 from omniplug.serve.settings import ServeSettings
 
-from tests.test_serve import ServerThread
+from tests.test_serve import ServerThread, chromium_page
 
 pytest.importorskip("minigrid")
 
@@ -119,22 +119,12 @@ def test_serve_cli_refuses_an_unknown_env_before_binding(tiny_dir, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
-def test_browser_rollout_tab_plays_a_mission(server, tmp_path):
-    from tests.test_serve import CHROMIUM
-
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(server.url + "/")
-            page.get_by_role("tab", name="Rollout").click()
-            page.locator("#roll").click()
-            page.wait_for_selector("#rollout-gif img", timeout=90_000)
-            assert page.locator("#rollout-gif img").get_attribute("src").endswith(".gif")
-            page.wait_for_function("document.querySelector('#rollout-status').innerText.includes('episode(s) of')",
-                                   timeout=30_000)
-        finally:
-            browser.close()
+def test_browser_rollout_tab_plays_a_mission(server):
+    with chromium_page() as page:
+        page.goto(server.url + "/")
+        page.get_by_role("tab", name="Rollout").click()
+        page.locator("#roll").click()
+        page.wait_for_selector("#rollout-gif img", timeout=90_000)
+        assert page.locator("#rollout-gif img").get_attribute("src").endswith(".gif")
+        page.wait_for_function("document.querySelector('#rollout-status').innerText.includes('episode(s) of')",
+                               timeout=30_000)

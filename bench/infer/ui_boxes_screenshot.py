@@ -15,13 +15,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
+from served import browser_page, served
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 
 
 def main() -> int:
@@ -30,8 +28,6 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--port", type=int, default=7869)
     args = ap.parse_args()
-    from playwright.sync_api import sync_playwright
-
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     work = Path(tempfile.mkdtemp(prefix="omniplug-ui-"))
     omniplug = [sys.executable, "-m", "omniplug"]
@@ -40,41 +36,22 @@ def main() -> int:
     subprocess.run([*omniplug, "train", "-c", config, f"trainer.iters_per_epoch={args.steps}", f"trainer.output_dir={run}"],
                    check=True, env=env, stdout=subprocess.DEVNULL)
     image = work / "seg_data" / "shapes_refcoco" / "images" / "val_0025.png"
-    server = subprocess.Popen([*omniplug, "serve", "-c", config, f"one_model.weights={run}",
-                               "decoder.tiny_detr.score_threshold=0.0", "decoder.tiny_detr.max_boxes=2", "--port", str(args.port), "--examples", "none"],
-                              env=env)
-    url = f"http://127.0.0.1:{args.port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not become ready")
-            time.sleep(1)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(url + "/")
-            page.locator("#prompt input[type=file]").set_input_files(str(image))
-            page.locator("#prompt textarea").fill("Detect every circle.")
-            page.locator("#prompt textarea").press("Enter")
-            try:
-                page.wait_for_selector("#overlay img", timeout=120_000)
-            except Exception:
-                print("chat:", page.locator("#chat").inner_text(), "\nstatus:", page.locator("#status").inner_text())
-                page.screenshot(path="/tmp/ui_fail.png", full_page=True)
-                raise
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=args.out, full_page=True)
-            print(page.locator("#chat").inner_text())
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(30)
+    serve_args = ["-c", config, f"one_model.weights={run}", "decoder.tiny_detr.score_threshold=0.0",
+                  "decoder.tiny_detr.max_boxes=2", "--examples", "none"]
+    with served(serve_args, args.port) as url, browser_page() as page:
+        page.goto(url + "/")
+        page.locator("#prompt input[type=file]").set_input_files(str(image))
+        page.locator("#prompt textarea").fill("Detect every circle.")
+        page.locator("#prompt textarea").press("Enter")
+        try:
+            page.wait_for_selector("#overlay img", timeout=120_000)
+        except Exception:
+            print("chat:", page.locator("#chat").inner_text(), "\nstatus:", page.locator("#status").inner_text())
+            page.screenshot(path="/tmp/ui_fail.png", full_page=True)
+            raise
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=args.out, full_page=True)
+        print(page.locator("#chat").inner_text())
     print(f"wrote {args.out}")
     return 0
 
