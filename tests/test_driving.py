@@ -33,6 +33,21 @@ def test_the_expert_completes_each_mission_without_crashing(mission):
         env.close()
 
 
+def test_two_decisions_a_second_halve_the_step_and_the_expert_still_drives():
+    slow, fast = make_env("highway", mission="cruise", duration=10), \
+        make_env("highway", mission="cruise", duration=10, decisions_per_second=2)
+    try:
+        assert (slow.max_steps, fast.max_steps) == (10, 20)
+        slow.reset(3), fast.reset(3)
+        x0 = fast.ego.position[0]
+        slow.step(1), fast.step(1)  # idle: one decision covers 1 s, or 0.5 s
+        assert fast.ego.position[0] - x0 == pytest.approx((slow.ego.position[0] - x0) / 2, rel=0.15)
+        episode = run_expert_episode(fast, seed=3)
+        assert episode.success and len(episode.actions) == 20 and not fast.ego.crashed
+    finally:
+        slow.close(), fast.close()
+
+
 def test_observations_actions_and_the_continuous_expert():
     env = make_env("highway", mission="random", actions="continuous", duration=4, image_size=48)
     try:
@@ -72,6 +87,10 @@ def test_bad_missions_and_options_fail_clearly(monkeypatch):
         make_env("highway", lanes=1)
     with pytest.raises(ConfigError, match="lanez"):
         make_env("highway", lanez=3)
+    with pytest.raises(ValueError, match="decisions_per_second must be 1, 2 or 5"):
+        make_env("highway", decisions_per_second=3)
+    with pytest.raises(ValueError, match="decisions_per_second is an option of meta-actions"):
+        make_env("highway", actions="continuous", decisions_per_second=2)
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     with pytest.raises(RuntimeError, match="black frames"):
         make_env("highway")

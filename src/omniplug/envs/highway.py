@@ -21,7 +21,8 @@ Missions (``mission``; ``random`` draws one per episode from its seed):
   that was nearest ahead of it in its lane at the start.
 
 Actions (``actions``): ``meta`` — highway-env's discrete meta-actions (LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER:
-its own lane-keeping and speed controllers below them, 1 decision a second); ``continuous`` — acceleration and
+its own lane-keeping and speed controllers below them, 1 decision a second; ``decisions_per_second`` 2 or 5 decides
+more often, the simulation stepping 5 times per decision as at 1 Hz); ``continuous`` — acceleration and
 steering in [-1, 1] (mapped to [-5, 5] m/s² and [-45°, 45°]), 5 decisions a second.
 
 The expert is highway-env's own IDM/MOBIL driver in the ego car's place: a shadow ``IDMVehicle`` built from the ego
@@ -76,7 +77,7 @@ class HighwayEnv(Environment):
     def __init__(self, *, mission: Literal["random", "cruise", "keep_right", "overtake"] = "random",
                  actions: Literal["meta", "continuous"] = "meta", image_size: int = 64, view_metres: float = 48.0,
                  lanes: int = 3, vehicles: int = 20, density: float = 1.0, duration: int = 30,
-                 right_share: float = 0.8, speedometer: bool = True) -> None:
+                 right_share: float = 0.8, speedometer: bool = True, decisions_per_second: int = 1) -> None:
         if mission != "random" and mission not in MISSIONS:
             raise ValueError(f"highway: unknown mission {mission!r}; choose random or one of {sorted(MISSIONS)}")
         if actions not in ("meta", "continuous"):
@@ -84,6 +85,11 @@ class HighwayEnv(Environment):
         if image_size < 16 or view_metres <= 0 or lanes < 2 or duration < 1 or not 0 < right_share <= 1:
             raise ValueError("highway: image_size >= 16, view_metres > 0, lanes >= 2, duration >= 1 and right_share "
                              "in (0, 1] are required")
+        if actions == "meta" and decisions_per_second not in (1, 2, 5):
+            raise ValueError(f"highway: decisions_per_second must be 1, 2 or 5 with meta-actions, got {decisions_per_second!r}")
+        if actions == "continuous" and decisions_per_second != 1:
+            raise ValueError("highway: decisions_per_second is an option of meta-actions (continuous control decides "
+                             "5 times a second)")
         if os.environ.get("SDL_VIDEODRIVER") == "dummy":
             raise RuntimeError("highway: SDL_VIDEODRIVER=dummy makes highway-env render black frames; unset it")
         try:
@@ -93,7 +99,7 @@ class HighwayEnv(Environment):
             raise missing_simulator("highway-env", exc) from None
         self.mission_option, self.actions, self.right_share = mission, actions, right_share
         self.speedometer = bool(speedometer)
-        self.policy_hz = 1 if actions == "meta" else 5
+        self.policy_hz = decisions_per_second if actions == "meta" else 5
         self._horizon = 1.0 / self.policy_hz + 1.0  # seconds a lane change must leave room for
         config = {
             "observation": {"type": "Kinematics", "vehicles_count": 5, "features": ["presence", "x", "y", "vx", "vy"],
@@ -102,7 +108,7 @@ class HighwayEnv(Environment):
                       {"type": "ContinuousAction", "acceleration_range": (-ACCELERATION, ACCELERATION),
                        "steering_range": (-STEERING, STEERING)},
             "lanes_count": lanes, "vehicles_count": vehicles, "vehicles_density": density, "duration": duration,
-            "simulation_frequency": 5 if actions == "meta" else 15, "policy_frequency": self.policy_hz,
+            "simulation_frequency": 5 * self.policy_hz if actions == "meta" else 15, "policy_frequency": self.policy_hz,
             "screen_width": image_size, "screen_height": image_size, "scaling": image_size / view_metres,
             "centering_position": [0.3, 0.5], "offscreen_rendering": True, "render_agent": True,
         }
