@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", help="the agent's trained weights (default: the config's one_model.weights)")
     p.add_argument("--agent", action="append", default=[], metavar="NAME=RUN",
                    help="a training run to compare, read with its own config.yaml (repeatable; replaces --weights)")
+    p.add_argument("--decisions-per-second", type=int, default=1, choices=(1, 2, 5),
+                   help="meta-action decisions a second (the environment's decisions_per_second; GIFs are named "
+                        "driving_<N>hz_<mission>.gif when not 1)")
+    p.add_argument("--gif-dir", default=str(Path(__file__).parent), help="where the GIFs go")
     p.add_argument("--ensemble", action="append", default=[], metavar="NAME=RUN1,RUN2,...",
                    help="training runs that vote at every decision (EnsemblePolicy: majority, ties to the first run)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. one_model.decoder=act_words")
@@ -64,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--ensemble {item!r}: give NAME=RUN1,RUN2,..., at least two training run folders with config.yaml")
         agents[name] = [(str(Path(r) / "config.yaml"), [*args.overrides, f"one_model.weights={r}"]) for r in runs]
     result = {**record_header(repo=REPO, config=args.config, argv=argv), "actions": args.actions, "episodes": args.episodes,
-              "seed": args.seed, "missions": {},
+              "seed": args.seed, "decisions_per_second": args.decisions_per_second, "missions": {},
               "agents": {name: ([c for c, _ in spec] if isinstance(spec, list) else spec[0]) for name, spec in agents.items()}}
     one = partial(_mission, agents=agents, episodes=args.episodes, seed=args.seed, threads=args.threads,
-                  actions=args.actions)
+                  actions=args.actions, hz=args.decisions_per_second, gif_dir=Path(args.gif_dir))
     if args.jobs <= 1:
         rows = [one(m) for m in MISSIONS]
     else:
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _mission(mission: str, *, agents: dict, episodes: int, seed: int, threads: int, actions: str = "meta") -> dict:
+def _mission(mission: str, *, agents: dict, episodes: int, seed: int, threads: int, actions: str = "meta",
+             hz: int = 1, gif_dir: Path) -> dict:
     """Expert, the blind baseline (`idle`; continuous: `zero`) and every agent on one mission; the last agent's
     first 4 episodes -> GIF."""
     import torch
@@ -87,13 +92,13 @@ def _mission(mission: str, *, agents: dict, episodes: int, seed: int, threads: i
     from omniplug.envs.rollout import ConstantPolicy, EnsemblePolicy, evaluate, evaluate_config, model_policy
 
     torch.set_num_threads(threads)
-    here, options = Path(__file__).parent, {"mission": mission, "actions": actions}
+    here, options = gif_dir, {"mission": mission, "actions": actions, **({"decisions_per_second": hz} if hz != 1 else {})}
     space = make_env("highway", duration=1, actions=actions).action_space
     blind, blind_name = (ConstantPolicy("idle", space), "idle") if actions == "meta" else \
         (ConstantPolicy([0.0, 0.0], space), "zero")
     rows = {"expert": evaluate("expert", "highway", episodes=episodes, seed=seed, env_options=options),
             blind_name: evaluate(blind, "highway", episodes=episodes, seed=seed, env_options=options)}
-    stem = "driving" if actions == "meta" else "driving_continuous"
+    stem = ("driving" if actions == "meta" else "driving_continuous") + (f"_{hz}hz" if hz != 1 else "")
     for name, spec in agents.items():
         if isinstance(spec, list):  # an ensemble: the runs vote
             policy = EnsemblePolicy([model_policy(config, agent_overrides) for config, agent_overrides in spec])
