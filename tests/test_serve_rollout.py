@@ -84,6 +84,8 @@ def test_ui_rollout_tab_shows_the_gif_and_says_errors(server):
     assert figures["summary"]["episodes"] == 1 and status.startswith("1 episode(s) of")
     gif, figures, status = client.predict("fly to the moon", 1, 100_000, api_name="/rollout")
     assert gif is None and "unknown_mission" in status and "go to the" in status
+    gif, figures, status = client.predict(example_missions(SETTINGS)[0], 1, None, api_name="/rollout")
+    assert gif is None and "invalid_seed" in status  # an emptied seed box: a message, not a traceback
 
 
 def test_server_without_env_says_how_to_get_rollouts(tiny_dir):

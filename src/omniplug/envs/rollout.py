@@ -342,6 +342,11 @@ def model_policy(config, overrides: list[str] | tuple[str, ...] = (), *, task: s
     config = config if isinstance(config, Config) else load_config(config, list(overrides))
     model = build_model(config)
     model.eval()
+    return policy_for(model, config, task=task)
+
+
+def policy_for(model, config, *, task: str = "act") -> ModelPolicy:
+    """``model`` (built from ``config``) as a policy that observes the way the config's training demos were read."""
     return ModelPolicy(model, task=task, history=demo_history(config),
                        reasoning=demo_setting(config, "reasoning", "none") != "none")
 

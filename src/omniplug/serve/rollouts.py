@@ -81,11 +81,10 @@ class Rollouts:
     def _get_policy(self):
         if self._policy is None:
             from omniplug.config import load_config
-            from omniplug.envs.rollout import ModelPolicy, demo_history, demo_setting
+            from omniplug.envs.rollout import policy_for
 
             config = load_config(self.service.config, list(self.service.overrides))
-            self._policy = ModelPolicy(self.service.pipeline.model, history=demo_history(config),
-                                       reasoning=demo_setting(config, "reasoning", "none") != "none")
+            self._policy = policy_for(self.service.pipeline.model, config)
         return self._policy
 
     def check_request(self, mission: Any, episodes: Any, seed: Any) -> tuple[str, int, int]:
@@ -119,12 +118,12 @@ class Rollouts:
         if self.service.readiness.state != "ready":
             state = self.service.readiness
             raise RequestError(503, "not_ready" if state.state == "loading" else "model_failed", state.message)
-        try:
-            seeds = mission_seeds(self.settings.env, mission, count=episodes, seed=seed, tries=MISSION_TRIES,
-                                  env_options=self.settings.env_options)
-        except ValueError as exc:
-            raise RequestError(400, "unknown_mission", str(exc)) from None
-        with self.service.admission.slot(1), self._lock:
+        with self.service.admission.slot(1), self._lock:  # the mission search steps simulators too
+            try:
+                seeds = mission_seeds(self.settings.env, mission, count=episodes, seed=seed, tries=MISSION_TRIES,
+                                      env_options=self.settings.env_options)
+            except ValueError as exc:
+                raise RequestError(400, "unknown_mission", str(exc)) from None
             report = evaluate(self._get_policy(), self.settings.env, episodes=len(seeds), seeds=seeds,
                               num_envs=len(seeds), env_options=self.settings.env_options,
                               gif=Path(out_dir) / "rollouts.gif", gif_episodes=len(seeds))

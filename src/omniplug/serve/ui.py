@@ -94,6 +94,12 @@ def shown_outputs(image: Image.Image | None, response: Response) -> Image.Image 
     return draw_boxes(overlay(image, response.masks) if response.masks else image, response.boxes)
 
 
+def _whole(value):
+    """A UI number as an int when it is a whole one (sliders and number boxes send floats); anything else as it
+    came, for the rollout's own check to refuse with its message (an emptied box sends None)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _read_upload(path: str) -> Upload:
     """An upload Gradio stored in its own folder; any other path is refused (never a client's path)."""
     folder = Path(gr.utils.get_upload_folder()).resolve()
@@ -141,7 +147,7 @@ def build_ui(service: Service, settings: ServeSettings, examples: list[Example])
 
     def roll(mission, episodes, seed):
         try:
-            done = service.rollouts.run(mission, int(episodes), int(seed), files.new_dir())
+            done = service.rollouts.run(mission, _whole(episodes), _whole(seed), files.new_dir())
         except RequestError as exc:  # the mission stays in the box so that it can be fixed
             return None, None, f"**Error** ({exc.code}): {exc.message}"
         s = done.summary
