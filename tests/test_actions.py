@@ -274,8 +274,8 @@ def test_the_shipped_babyai_agent_acts_on_a_fresh_clone(tmp_path, capsys):
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "eval" / "metrics.json"
-    assert main(["eval", "-c", str(root / "configs/babyai/gotolocal.yaml"), "--env", "babyai-gotolocal",
-                 "--env-option", "view=agent", "--episodes", "4", "--mission", "go to the red ball",
+    assert main(["eval", "-c", str(root / "configs/babyai/gotolocal.yaml"), "--env",  # its env: agent view
+                 "--episodes", "4", "--mission", "go to the red ball",
                  "--out", str(out), f"trainer.output_dir={tmp_path}"]) == 0
     report = json.loads(out.read_text())
     assert report["episodes"] == 4 and report["success_rate"] >= 0.75, report

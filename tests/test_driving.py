@@ -157,7 +157,7 @@ def test_the_shipped_driving_agent_drives_a_typed_mission(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "eval" / "metrics.json"
-    assert main(["eval", "-c", str(root / "configs/driving/highway.yaml"), "--env", "highway", "--episodes", "4",
+    assert main(["eval", "-c", str(root / "configs/driving/highway.yaml"), "--env", "--episodes", "4",
                  "--mission", "drive on without crashing", "--env-option", "duration=20", "--seed", "100000",
                  "--out", str(out), f"trainer.output_dir={tmp_path}"]) == 0
     report = json.loads(out.read_text())

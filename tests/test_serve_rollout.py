@@ -121,6 +121,21 @@ def test_serve_cli_refuses_an_unknown_env_before_binding(tiny_dir, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
+def test_serve_env_alone_is_the_configs_own_with_the_command_lines_options_on_top(tiny_dir, capsys):
+    from omniplug.cli import build_parser, main
+    from omniplug.commands.serve import _settings
+
+    act = str(tiny_dir / "act.yaml")
+    recorded = "env={name: babyai-gotolocal, options: {view: agent, max_steps: 3}}"
+    settings = _settings(build_parser().parse_args(["serve", "-c", act, recorded, "--env", "--env-option",
+                                                    "max_steps=2"]))
+    assert settings.env == "babyai-gotolocal" and settings.env_options == {"view": "agent", "max_steps": 2}
+    assert main(["serve", "-c", act, "--env", "--port", "0"]) == 2  # nothing recorded, nothing named
+    assert "records no environment" in capsys.readouterr().err
+    assert main(["serve", "-c", act, recorded, "--env", "highway", "--port", "0"]) == 2  # not the agent's
+    assert "an agent for 'babyai-gotolocal'" in capsys.readouterr().err
+
+
 def test_browser_rollout_tab_plays_a_mission(server):
     with chromium_page() as page:
         page.goto(server.url + "/")

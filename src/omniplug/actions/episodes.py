@@ -4,6 +4,7 @@
 
     DIR/
       meta.json          {"format": "omniplug-demos", "version": 1, "env": "babyai-gotolocal",
+                          "options": {"view": "agent"},        (the environment's options, as collected)
                           "action_space": {"kind": "discrete", "names": [...]}            (or)
                                           {"kind": "continuous", "dim": 2, "low": [...], "high": [...]},
                           "stats": {"min", "max", "q01", "q99", "mean", "std": [per dim]},   (continuous)
@@ -101,12 +102,14 @@ class EpisodeRecord:
 class EpisodeWriter:
     """Writes episodes one by one, then ``close()`` writes ``meta.json`` with the action statistics."""
 
-    def __init__(self, out: str | Path, *, env: str, action_space: ActionSpace) -> None:
+    def __init__(self, out: str | Path, *, env: str, action_space: ActionSpace,
+                 options: dict[str, Any] | None = None) -> None:
         self.out = Path(out)
         if (self.out / META_NAME).exists() or (self.out / INDEX_NAME).exists():
             raise FileExistsError(f"{self.out} already holds demonstrations; choose an empty --out directory")
         (self.out / "episodes").mkdir(parents=True, exist_ok=True)
         self.env, self.space = env, action_space
+        self.options = dict(options or {})  # the environment's options the episodes were played under
         self.records: list[EpisodeRecord] = []
         self._actions: list[np.ndarray] = []
 
@@ -132,7 +135,7 @@ class EpisodeWriter:
         return rec
 
     def close(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "env": self.env,
+        meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "env": self.env, "options": self.options,
                                 "action_space": self.space.to_json(), "episodes": len(self.records),
                                 "steps": int(sum(r.length for r in self.records))}
         if not self.space.is_discrete and self._actions:

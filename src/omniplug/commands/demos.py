@@ -13,13 +13,14 @@ import argparse
 import json
 
 from omniplug.cli import command
-from omniplug.envs.base import parse_options
+from omniplug.envs.base import env_for, parse_options
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="demos_command", required=True)
     c = sub.add_parser("collect", help="run an environment's expert and write demonstrations")
-    c.add_argument("--env", required=True, help="environment name (e.g. babyai-gotolocal, reacher)")
+    c.add_argument("--env", help="environment name (e.g. babyai-gotolocal, reacher); with -c, default: the config's "
+                                 "env.name, whose env.options the --option values go on top of")
     c.add_argument("--episodes", type=int, required=True)
     c.add_argument("--out", required=True, help="an empty directory to write the episodes into")
     c.add_argument("--seed", type=int, default=0, help="first episode seed (episodes use seed, seed+1, ...)")
@@ -49,7 +50,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     r = sub.add_parser("rollout", help="closed-loop evaluation of a model (or the expert) on an environment")
     r.add_argument("-c", "--config", help="model config (omit with --expert)")
     r.add_argument("overrides", nargs="*", help="config key=value overrides, e.g. one_model.weights=out/run/final")
-    r.add_argument("--env", required=True)
+    r.add_argument("--env", help="environment name; with -c, default: the config's env (env.name, env.options)")
     r.add_argument("--episodes", type=int, default=20)
     r.add_argument("--seed", type=int, default=100_000, help="first evaluation seed (keep apart from training seeds)")
     r.add_argument("--num-envs", type=int, default=8, help="environments stepped together (one model call per step)")
@@ -67,15 +68,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.demos_command == "collect":
         from omniplug.envs.collect import collect_demos
 
-        policy = None
+        policy, env, options = None, args.env, parse_options(args.option)
         if args.config:
+            from omniplug.config import load_config
             from omniplug.envs.rollout import model_policy
 
-            policy = model_policy(args.config, args.overrides)
+            config = load_config(args.config, args.overrides)
+            env, options = env_for(config, env, options)
+            policy = model_policy(config)
         elif args.overrides or args.expert_share:
             raise ValueError(f"overrides {args.overrides} and --expert-share need a model config (-c) to apply to")
-        report = collect_demos(args.env, episodes=args.episodes, out=args.out, seed=args.seed,
-                               env_options=parse_options(args.option), policy=policy, expert_share=args.expert_share)
+        elif env is None:
+            raise ValueError("name the environment whose expert to record: --env (e.g. highway, babyai-gotolocal)")
+        report = collect_demos(env, episodes=args.episodes, out=args.out, seed=args.seed, env_options=options,
+                               policy=policy, expert_share=args.expert_share)
         who = "expert" if policy is None else "policy"
         agreement = "" if report.expert_agreement is None else f"; the policy chose the expert's action on " \
                                                                  f"{report.expert_agreement:.3f} of the steps"
@@ -86,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         from omniplug.actions.episodes import read_index, read_meta
 
         meta, records = read_meta(args.dir), read_index(args.dir)
-        summary = {"env": meta.get("env"), "action_space": meta["action_space"], "episodes": len(records),
+        summary = {"env": meta.get("env"), "options": meta.get("options", {}), "action_space": meta["action_space"], "episodes": len(records),
                    "steps": sum(r.length for r in records),
                    "success_rate": sum(r.success for r in records) / max(len(records), 1),
                    "seeds": [records[0].seed, records[-1].seed] if records else []}
@@ -120,6 +126,8 @@ def _rollout(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     options = parse_options(args.option)
+    if args.env is None and (args.expert or args.constant is not None or not args.config):
+        raise ValueError("name the environment: --env (e.g. highway); only a model config (-c) records its own")
     if args.expert:
         report = evaluate("expert", args.env, episodes=args.episodes, seed=args.seed, num_envs=args.num_envs,
                           env_options=options, gif=out / "rollouts.gif")
@@ -137,7 +145,11 @@ def _rollout(args: argparse.Namespace) -> int:
     else:
         if not args.config:
             raise ValueError("give a model config with -c (or --expert to roll the expert out)")
-        report = evaluate_config(args.config, args.overrides, env=args.env, episodes=args.episodes, seed=args.seed,
+        from omniplug.config import load_config
+
+        config = load_config(args.config, args.overrides)
+        env, options = env_for(config, args.env, options)
+        report = evaluate_config(config, env=env, episodes=args.episodes, seed=args.seed,
                                  num_envs=args.num_envs, execute=args.execute, task=args.task, env_options=options,
                                  out_dir=out)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,10 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", metavar="LIST", help="world splits: comma-separated tasks to score (default: every task "
                    "the model's decoders support)")
     p.add_argument("--clip-dir", metavar="DIR", help="generation datasets: also CLIP score with this CLIP checkpoint")
-    p.add_argument("--env", help="closed-loop evaluation on this environment instead (e.g. babyai-gotolocal): success "
-                   "rate, mean return, episode length and rollouts.gif (docs/actions.md)")
+    p.add_argument("--env", nargs="?", const="", metavar="ENV",
+                   help="closed-loop evaluation instead: success rate, mean return, episode length and rollouts.gif "
+                        "(docs/actions.md); alone, in the environment the config records (env.name, env.options), "
+                        "or name one (e.g. babyai-gotolocal)")
     p.add_argument("--episodes", type=int, default=50, help="--env: episodes, seeds --seed, --seed+1, ...")
     p.add_argument("--seed", type=int, default=100_000, help="--env: first seed (keep apart from the demonstrations')")
     p.add_argument("--num-envs", type=int, default=8, help="--env: environments stepped together (one model call)")
@@ -50,7 +52,7 @@ def _args(p: argparse.ArgumentParser) -> None:
                         "the right lane\" (the first --episodes seeds from --seed whose mission it is; rollouts.gif "
                         "shows up to 4)")
     p.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="--env: environment option, e.g. view=agent (repeatable)")
+                   help="--env: environment option, e.g. view=agent (repeatable; on top of the config's env.options)")
 
 
 def dataset_from_dir(path: str | Path, *, data_type: str | None = None, split: str = "val"):
@@ -92,10 +94,10 @@ def _run(args: argparse.Namespace) -> int:
     from omniplug.config import load_config
     from omniplug.eval.segmentation import evaluate_segmentation
 
-    if args.mission and not args.env:
-        raise ValueError("--mission picks episodes of an environment: give --env too (e.g. --env babyai-gotolocal)")
+    if args.mission and args.env is None:
+        raise ValueError("--mission picks episodes of an environment: give --env too (alone: the config's own)")
     cfg = load_config(args.config, args.overrides)
-    if args.env:
+    if args.env is not None:
         return _run_env(args, cfg)
     if args.data and not args.world:
         from omniplug.eval.video import evaluate_clips, is_clip_split, video_task
@@ -245,14 +247,15 @@ def _run_world(args: argparse.Namespace, cfg) -> int:
 
 def _run_env(args: argparse.Namespace, cfg) -> int:
     """Closed-loop rollouts of the config's action decoder (see ``omniplug.envs.rollout``)."""
-    from omniplug.envs.base import parse_options
+    from omniplug.envs.base import env_for, parse_options
     from omniplug.envs.rollout import evaluate_config, mission_seeds
 
-    out_dir = Path(args.out).expanduser().parent if args.out else Path(cfg.trainer.output_dir) / f"eval_{args.env}"
-    options = parse_options(args.env_option)
-    seeds = (mission_seeds(args.env, args.mission, count=args.episodes, seed=args.seed, env_options=options)
+    out_dir = (Path(args.out).expanduser().parent if args.out
+               else Path(cfg.trainer.output_dir) / f"eval_{args.env or cfg.env.name}")
+    env, options = env_for(cfg, args.env, parse_options(args.env_option))
+    seeds = (mission_seeds(env, args.mission, count=args.episodes, seed=args.seed, env_options=options)
              if args.mission else None)
-    report = evaluate_config(cfg, env=args.env, episodes=args.episodes, seed=args.seed, num_envs=args.num_envs,
+    report = evaluate_config(cfg, env=env, episodes=args.episodes, seed=args.seed, num_envs=args.num_envs,
                              env_options=options, out_dir=out_dir, seeds=seeds)
     if args.out:
         Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)

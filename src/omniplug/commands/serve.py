@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from omniplug.cli import command
@@ -36,12 +37,12 @@ def _server_args(p: argparse.ArgumentParser) -> None:
                         "needs ~300 MB per image prompt)")
     p.add_argument("--examples", choices=("auto", "world", "none"), default=d.examples,
                    help="example gallery: world images (auto: when the model was trained on the world)")
-    p.add_argument("--env", default=None, metavar="ENV",
-                   help="an environment the served agent plays missions in: the UI's Rollout tab and POST /v1/rollout "
-                        "(e.g. --env highway with configs/driving/highway.yaml, --env babyai-gotolocal with "
-                        "configs/babyai/gotolocal.yaml)")
+    p.add_argument("--env", nargs="?", const="", default=None, metavar="ENV",
+                   help="the served agent plays missions in an environment: the UI's Rollout tab and POST /v1/rollout; "
+                        "alone, the one its config records (env.name, env.options), e.g. with "
+                        "configs/driving/highway.yaml")
     p.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of --env (repeatable), as omniplug eval takes it")
+                   help="an option of --env (repeatable), on top of the config's env.options, as omniplug eval takes it")
     p.add_argument("--max-rollout-episodes", type=int, default=d.max_rollout_episodes,
                    help="episodes one rollout request may ask for")
     p.add_argument("--device", default=None, help="e.g. cuda (default: CPU)")
@@ -63,12 +64,19 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace):
     from omniplug.serve.settings import ServeSettings, auth_from_env
 
+    env, env_option = args.env, tuple(args.env_option)
+    if env is not None:  # the agent's environment: its config's env section under the command line's options
+        from omniplug.config import load_config
+        from omniplug.envs.base import env_for, parse_options
+
+        env, options = env_for(load_config(args.config, args.overrides), env, parse_options(list(env_option)))
+        env_option = tuple(f"{key}={json.dumps(value)}" for key, value in options.items())
     return ServeSettings(host=args.host, port=args.port, auth=auth_from_env(args.auth), max_upload_mb=args.max_upload_mb,
                          max_pixels=args.max_pixels, max_images=args.max_images, max_new_tokens=args.max_new_tokens,
                          clip_frames=args.clip_frames, max_clip_frames=args.max_clip_frames,
                          default_new_tokens=min(64, args.max_new_tokens), concurrency=args.concurrency,
                          queue_size=args.queue_size, examples=args.examples, prefix_cache_mb=args.prefix_cache_mb,
-                         env=args.env, env_option=tuple(args.env_option),
+                         env=env, env_option=env_option,
                          max_rollout_episodes=args.max_rollout_episodes)
 
 

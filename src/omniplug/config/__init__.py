@@ -4,9 +4,9 @@
 that names the file, the entry, the key and what is accepted.
 """
 
-from omniplug.config.loader import (CATALOGUES, Config, DataConfig, EntryConfig, OneModelConfig, TrainerConfig, as_dict,
+from omniplug.config.loader import (CATALOGUES, Config, DataConfig, EntryConfig, EnvConfig, OneModelConfig, TrainerConfig, as_dict,
                                     load_config)
 from omniplug.config.schema import ConfigError
 
-__all__ = ["CATALOGUES", "Config", "ConfigError", "DataConfig", "EntryConfig", "OneModelConfig", "TrainerConfig",
+__all__ = ["CATALOGUES", "Config", "ConfigError", "DataConfig", "EntryConfig", "EnvConfig", "OneModelConfig", "TrainerConfig",
            "as_dict", "load_config"]

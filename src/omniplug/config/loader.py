@@ -161,6 +161,16 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class EnvConfig:
+    """The ``env`` section of an agent's config: the environment it was trained for, with the options its
+    demonstrations were collected under, e.g. ``{name: babyai-gotolocal, options: {view: agent}}``. ``omniplug eval
+    --env`` (no name), ``serve --env`` and ``demos collect -c`` use it; a command line's options go on top."""
+
+    name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     """A fully loaded, validated configuration."""
 
@@ -170,6 +180,7 @@ class Config:
     trainer: TrainerConfig
     data: DataConfig
     resolved: dict[str, Any]  # the fully resolved YAML tree (what gets saved)
+    env: EnvConfig = field(default_factory=EnvConfig)
 
     def entry(self, section: str, name: str, *, where: str) -> EntryConfig:
         entries = self.catalogues.get(section, {})
@@ -317,7 +328,8 @@ def _resolve(tree: dict[str, Any], path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot resolve interpolation: {msg}{hint}") from None
 
 
-_TOP_LEVEL = {"base_dir", "config_dir", *CATALOGUES, "one_model", "trainer", "data", "infer", "serve", "name", "description"}
+_TOP_LEVEL = {"base_dir", "config_dir", *CATALOGUES, "one_model", "trainer", "data", "env", "infer", "serve", "name",
+              "description"}
 
 
 def _validate(tree: dict[str, Any], origins: dict[tuple[str, str], str], *, source: str) -> Config:
@@ -352,9 +364,30 @@ def _validate(tree: dict[str, Any], origins: dict[tuple[str, str], str], *, sour
     one_model = _section(tree, "one_model", OneModelConfig, origins, source, required=True)
     trainer = _section(tree, "trainer", TrainerConfig, origins, source, required=False)
     data = _section(tree, "data", DataConfig, origins, source, required=False)
-    config = Config(source=source, catalogues=catalogues, one_model=one_model, trainer=trainer, data=data, resolved=tree)
+    env = _section(tree, "env", EnvConfig, origins, source, required=False)
+    _check_env(env, where=f"{origins.get(('env', ''), source)}: env")
+    config = Config(source=source, catalogues=catalogues, one_model=one_model, trainer=trainer, data=data, resolved=tree,
+                    env=env)
     _check_references(config)
     return config
+
+
+def _check_env(env: EnvConfig, *, where: str) -> None:
+    """A registered environment and options its constructor takes (checked without building a simulator)."""
+    if env.name is None:
+        if env.options:
+            raise ConfigError(f"{where}.options needs env.name (the environment they belong to, e.g. highway)")
+        return
+    if not isinstance(env.options, dict):
+        raise ConfigError(f"{where}.options must map option names to values, e.g. {{view: agent}}")
+    from omniplug import envs  # noqa: F401  (registers the built-in environments; simulators load on first build)
+    from omniplug.envs.base import ENVS
+
+    try:
+        cls = ENVS.get(env.name)
+    except RegistryError as exc:
+        raise ConfigError(f"{where}.name: {exc}") from None
+    check_kwargs(cls, env.options, where=f"{where}.options (environment {env.name!r})")
 
 
 def _section(tree, name, cls, origins, source, *, required: bool):

@@ -93,6 +93,25 @@ def make_env(name: str, **options: Any) -> Environment:
     return cls(**options)
 
 
+def env_for(config, name: str | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The environment to roll ``config``'s agent out in, and its options: ``name`` (a command line's ``--env``;
+    None or "": the config's ``env.name``), the config's ``env.options`` with ``options`` (the command line's) on
+    top. A name other than the config's is refused: the agent learnt from that environment's demonstrations."""
+    recorded = config.env
+    if name and "=" in name:  # `--env one_model.weights=RUN`: argparse gave --env the override that followed it
+        raise ValueError(f"--env got {name!r}, which looks like a config override: write overrides before --env, "
+                         f"or name the environment after it (--env {recorded.name or 'highway'})")
+    if not name:
+        if recorded.name is None:
+            raise ValueError(f"{config.source} records no environment (an `env: {{name: ..., options: ...}}` "
+                             f"section): name one, e.g. --env highway")
+        name = recorded.name
+    elif recorded.name is not None and name != recorded.name:
+        raise ValueError(f"{config.source} is an agent for {recorded.name!r} (its env.name), not {name!r}: leave the "
+                         f"name out (--env alone) or, to try it there anyway, override env.name={name}")
+    return name, {**recorded.options, **(options or {})}
+
+
 def missing_simulator(package: str, exc: ImportError) -> ImportError:
     return ImportError(f"this environment needs {package!r} ({exc}); install the simulators with "
                        f"pip install 'omniplug[sim]'")

@@ -45,7 +45,7 @@ def collect_demos(env_name: str, *, episodes: int, out: str | Path, seed: int = 
         env.close()
         raise ValueError(f"the policy acts in {space} but {env_name!r} in {env.action_space}: give the config of a "
                          f"model trained on this environment's demonstrations")
-    writer = EpisodeWriter(out, env=env_name, action_space=env.action_space)
+    writer = EpisodeWriter(out, env=env_name, action_space=env.action_space, options=env_options)
     start = time.perf_counter()
     successes = steps = agreed = 0
     rng = np.random.default_rng(seed)
