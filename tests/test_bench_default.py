@@ -27,14 +27,14 @@ def _bench(path: str, name: str):
 
 @pytest.mark.parametrize("name, steps", [("quarter", 1250), ("half", 2500)])
 def test_samples_curve_runs_are_the_shipped_recipe_at_a_scaled_length(name, steps):
-    """quarter.yaml / half.yaml differ from the shipped config only in steps, output folder, checkpointing and
-    validation, with the curriculum's phase ends scaled the way bench/cuda/scale.py scales them (the H200 quarter
+    """quarter.yaml / half.yaml differ from the shipped config only in steps, output folder, checkpointing,
+    validation and v14's batch of 16 (the samples curve's first points), with the curriculum's phase ends scaled the way bench/cuda/scale.py scales them (the H200 quarter
     run the CPU quarter run is compared with)."""
     scale = _bench("bench/cuda/scale.py", "scale")
     shipped = load_config(REPO / "configs" / "default" / "omni_tiny.yaml")
     run = load_config(REPO / "bench" / "default" / f"{name}.yaml")
     assert run.trainer == dataclasses.replace(shipped.trainer, iters_per_epoch=steps, output_dir=run.trainer.output_dir,
-                                              save_every=run.trainer.save_every, eval_every=0)
+                                              save_every=run.trainer.save_every, eval_every=0, batch_size_train=16)
     ends = [round(e * steps / scale.RECIPE_STEPS) for e in scale.PHASE_ENDS]
     assert [phase["until_step"] for phase in run.data.schedule] == ends
     assert [phase["train"] for phase in run.data.schedule] == [phase["train"] for phase in shipped.data.schedule]

@@ -6,7 +6,7 @@ Reads the 200-samples-per-task evals of the same recipe at different sample coun
 run (20,000 samples: on the 2-core CPU, eval200_quarter_cpu.json from bench/default/quarter.yaml; the
 thirteenth session's H200 run, bench/cuda/eval200_scale_h200.json, where the CPU one is absent), the half run
 (eval200_half.json, 40,000: bench/default/half.yaml), v14 as shipped (eval200_v14.json, 80,000), x2
-(eval200_x2.json, 160,000: bench/default/x2.yaml), x4 (eval200_x4.json, 320,000: bench/default/x4.yaml)
+(eval200_x2.json, 160,000: bench/default/x2.yaml), x4 (eval200_x4.json, 320,000: the shipped recipe since v19)
 and x8 (eval200_x8.json, 640,000: bench/default/x8.yaml), each once a session has trained and evaluated it. Runs of the same recipe with another seed (OTHER_SEEDS) are
 drawn as open circles on the mean: the spread between seeds, next to the gain between sample counts.
 """
@@ -25,7 +25,8 @@ RUNS = ((20_000, (DEFAULT / "eval200_quarter_cpu.json", REPO / "bench" / "cuda" 
         (160_000, (DEFAULT / "eval200_x2.json",)),
         (320_000, (DEFAULT / "eval200_x4.json",)),
         (640_000, (DEFAULT / "eval200_x8.json",)))
-OTHER_SEEDS = ((40_000, DEFAULT / "eval200_half_seed1.json"), (40_000, DEFAULT / "eval200_half_seed2.json"))
+OTHER_SEEDS = ((40_000, DEFAULT / "eval200_half_seed1.json"), (40_000, DEFAULT / "eval200_half_seed2.json"),
+               (320_000, DEFAULT / "eval200_x4_seed1.json"))
 FIGURES = (("caption", "object_f1", 0.95), ("vqa", "accuracy", 0.90), ("referring", "ciou", 0.90),
            ("reasoning", "giou", 0.80), ("semantic", "miou", 0.90), ("part", "miou", 0.80), ("panoptic", "pq", 0.75),
            ("generation", "colour_f1", None))
