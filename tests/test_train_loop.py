@@ -252,3 +252,20 @@ def test_bad_validation_floors_are_refused(tiny_dir, tmp_path, expect, message):
     path = write_config(tiny_dir, tmp_path, out=tmp_path / "out")
     with pytest.raises(ConfigError, match=message):
         train(load_config(path, ["data.eval=[phrase_val]", "trainer.eval_every=2", f"trainer.expect={expect}"]))
+
+
+def test_inherited_validation_floors_are_dropped_with_null():
+    """The bundled config holds a semantic floor (trainer.expect); a run without validation (data.eval=[], as
+    bench/cuda/scale.py makes) is refused while the floor stands, and trainer.expect=null drops it."""
+    from pathlib import Path
+
+    from omniplug.config.schema import ConfigError
+    from omniplug.train.loop import _check_trainer as validate_config
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "default" / "omni_tiny.yaml"
+    assert "semantic_val/seg/ciou" in load_config(shipped).trainer.expect
+    with pytest.raises(ConfigError, match="trainer.expect=null drops"):
+        validate_config(load_config(shipped, ["data.eval=[]", "trainer.eval_every=0"]))
+    config = load_config(shipped, ["data.eval=[]", "trainer.eval_every=0", "trainer.expect=null"])
+    validate_config(config)
+    assert config.trainer.expect == {}

@@ -51,7 +51,7 @@ def measure_rate(*, batch: int, steps: int, warmup: int, world: Path, world_n: i
     out = work / f"rate_b{batch}"
     overrides = ["one_model.weights=null", "trainer.max_epoch=1", f"trainer.iters_per_epoch={steps}",
                  f"trainer.batch_size_train={batch}", f"trainer.num_workers={workers}", f"trainer.output_dir={out}",
-                 "trainer.save_every=0", "trainer.eval_every=0", "data.eval=[]", "data.schedule=[]",
+                 "trainer.save_every=0", "trainer.eval_every=0", "data.eval=[]", "trainer.expect=null", "data.schedule=[]",
                  "trainer.warmup_steps=10", "trainer.log_every=1"]
     overrides += [f"dataset.{name}.{key}={value}" for name in DATASETS for key, value in (("root", world), ("n", world_n))]
     AcceleratorState._reset_state(True)
@@ -87,7 +87,7 @@ def scaled_config(batch: int, steps: int, workers: int, out_dir: Path) -> Path:
         f"    - {{until_step: {b}, train: {{caption_vqa: 2, referring: 2, reasoning: 1, semantic: 2, part: 1,"
         " panoptic: 1}}\n"
         f"trainer: {{iters_per_epoch: {steps}, batch_size_train: {batch}, num_workers: {workers},"
-        f" output_dir: {out_dir}, save_every: {max(50, steps // 5)}, eval_every: 0, log_every: 10}}\n")
+        f" output_dir: {out_dir}, save_every: {max(50, steps // 5)}, eval_every: 0, log_every: 10, expect: null}}\n")
     return path
 
 

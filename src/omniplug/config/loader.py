@@ -132,8 +132,9 @@ class TrainerConfig:
     eval_every: int = 0  # optimizer steps between validations of data.eval (besides every epoch end); 0 = epoch ends only
     # floors the validations must reach: {"<data.eval entry>/<metric>": {min: 0.3, by_step: 1500}} (max: for a loss);
     # the first validation at or after by_step (default 0) that misses one ends the run there — checkpoint and
-    # loss curve written — with an error naming the figure: a decoder that never converged stops early and loudly
-    expect: dict[str, dict[str, float]] = field(default_factory=dict)
+    # loss curve written — with an error naming the figure: a decoder that never converged stops early and loudly;
+    # null drops floors a config inherits (e.g. with data.eval=[]: no validation, nothing to hold a floor to)
+    expect: dict[str, dict[str, float]] | None = field(default_factory=dict)
     keep_last_checkpoints: int = 3  # complete checkpoints kept in output_dir/checkpoints (older ones are deleted)
     # length grouping: the draws of every window of this many global batches are sorted by their dataset's typical
     # token length before being cut into batches (less padding; batches mostly of one task); 0 = off
@@ -143,6 +144,10 @@ class TrainerConfig:
     zero_stage: Literal[0, 1, 2, 3] | None = None  # DeepSpeed ZeRO stage (CUDA, or CPU processes with gloo)
     fsdp: bool = False  # PyTorch FSDP2: parameters, gradients and optimizer state sharded; the LLM's blocks one by one
     gradient_checkpointing: bool = False  # the LLM recomputes its blocks' activations in backward: less memory, ~30% slower
+
+    def __post_init__(self) -> None:
+        if self.expect is None:
+            object.__setattr__(self, "expect", {})
 
 
 @dataclass(frozen=True)

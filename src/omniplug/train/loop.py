@@ -387,7 +387,8 @@ def _check_trainer(config: Config) -> None:
         entry, _, metric = key.partition("/")
         if entry not in config.data.eval or not metric:
             raise ConfigError(f"trainer.expect key {key!r} must be '<data.eval entry>/<metric>' (data.eval: "
-                              f"{list(config.data.eval)}), e.g. 'referring_val/seg/ciou'")
+                              f"{list(config.data.eval)}), e.g. 'referring_val/seg/ciou'; trainer.expect=null drops "
+                              f"the floors a config inherits")
         if not isinstance(floor, dict) or not set(floor) <= {"min", "max", "by_step"} or not {"min", "max"} & set(floor):
             raise ConfigError(f"trainer.expect[{key!r}] must be a mapping with min and/or max (and optionally "
                               f"by_step), got {floor!r}")
