@@ -34,7 +34,7 @@ def train_rate(*, amp: bool, steps: int, warmup: int, world: Path, world_n: int,
 
     overrides = ["one_model.weights=null", f"trainer.amp={str(amp).lower()}", "trainer.max_epoch=1",
                  f"trainer.iters_per_epoch={steps}", f"trainer.output_dir={out}", "trainer.save_every=0",
-                 "trainer.eval_every=0", "data.eval=[]", "trainer.warmup_steps=10", "trainer.log_every=1"]
+                 "trainer.eval_every=0", "data.eval=[]", "trainer.expect=null", "trainer.warmup_steps=10", "trainer.log_every=1"]
     overrides += [f"dataset.{name}.{key}={value}" for name in DATASETS
                   for key, value in (("root", world), ("n", world_n))]
     from accelerate.state import AcceleratorState
