@@ -231,6 +231,25 @@ def test_action_weights_weigh_the_action_token_cross_entropy(tiny_dir):
         _build(tiny_dir, "act_tokens_tiny", f"decoder.act_tokens_tiny.action_weights={{{names[1]}: 3.0}}")
 
 
+def test_action_bias_shifts_the_decoded_action_by_its_logit(tiny_dir):
+    # action_bias adds to a named action's logit before the choice: a bias above the logit gap flips the decision,
+    # one below it does not; unknown names are refused
+    from omniplug.config.schema import ConfigError
+
+    model, _ = _build(tiny_dir, "act_tokens_tiny")
+    dec = model.decoders["act"]
+    names = list(dec.space.names)
+    logits = torch.full((1, 1, len(model.tokenizer)), -5.0)
+    logits[0, 0, dec._slot_ids[0][0][0]] = 2.0  # action 0 leads action 1 by 1.5
+    logits[0, 0, dec._slot_ids[0][1][0]] = 0.5
+    assert int(dec._decode(logits)[0, 0]) == 0
+    for bias, expected in ((1.4, 0), (1.6, 1)):
+        biased, _ = _build(tiny_dir, "act_tokens_tiny", f"decoder.act_tokens_tiny.action_bias={{{names[1]}: {bias}}}")
+        assert int(biased.decoders["act"]._decode(logits)[0, 0]) == expected, bias
+    with pytest.raises(ConfigError, match="not actions of this space"):
+        _build(tiny_dir, "act_tokens_tiny", "decoder.act_tokens_tiny.action_bias={brake: 1.0}")
+
+
 def test_bad_action_configs_are_loud(tiny_dir):
     from omniplug.config.schema import ConfigError
 

@@ -194,3 +194,26 @@ def test_a_mission_the_options_rule_out_is_refused_quickly():
     assert mission_seeds("highway", "Keep to the right lane.", count=2, seed=0) == right
     with pytest.raises(ValueError, match=r"seeds 0\.\.199 .*missions it has: 'drive on without crashing'"):
         mission_seeds("highway", "keep to the right lane", env_options={"mission": "cruise", "duration": 1}, seed=0)
+
+
+@pytest.mark.parametrize("where, kind", [((4.0, 0.0), "into_ahead"), ((-4.0, 0.0), "from_behind"),
+                                         ((1.0, 1.5), "side")])
+def test_a_crash_is_told_apart_by_where_the_other_car_was(where, kind):
+    env = make_env("highway", mission="cruise", duration=5)
+    try:
+        env.reset(7)
+        metrics = env.episode_metrics()
+        assert metrics["crashed"] == 0.0 and all(metrics[f"crash_{k}"] == 0.0 for k in
+                                                 ("into_ahead", "from_behind", "side", "off_road"))
+        ego = env.ego
+        other = min((v for v in env.road.vehicles if v is not ego), key=lambda v: abs(v.position[0] - ego.position[0]))
+        other.position = ego.position + np.array(where)  # overlapping the ego car: they collide on the next step
+        other.heading, other.speed = ego.heading, ego.speed
+        other.lane_index = other.target_lane_index = ego.lane_index  # no steering back to its own lane
+        other.lane = ego.lane
+        step = env.step(1)  # idle
+        metrics = env.episode_metrics()
+        assert step.done and not step.success and metrics["crashed"] == 1.0, metrics
+        assert {k: v for k, v in metrics.items() if k.startswith("crash_") and v} == {f"crash_{kind}": 1.0}
+    finally:
+        env.close()

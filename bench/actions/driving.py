@@ -24,7 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 MISSIONS = ("cruise", "keep_right", "overtake")
-KEYS = ("success_rate", "crashed", "mean_speed", "distance", "right_lane_share", "lane_changes")
+KEYS = ("success_rate", "crashed", "crash_into_ahead", "crash_from_behind", "crash_side", "mean_speed", "distance",
+        "right_lane_share", "lane_changes")
 
 
 def main(argv: list[str] | None = None) -> int:

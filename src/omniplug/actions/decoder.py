@@ -120,23 +120,28 @@ class TokenActionDecoder(ActionDecoder):
     reads_prompts: ClassVar[bool] = False
 
     def __init__(self, *, token_loss_weight: float, action_weights: dict[str, float] | None = None,
-                 **kwargs: Any) -> None:
+                 action_bias: dict[str, float] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.prompt_dim = 0
         self.token_loss_weight = token_loss_weight
-        self.action_weights = dict(action_weights or {})
-        if self.action_weights:
-            names = list(self.space.names or ())
-            unknown = sorted(set(self.action_weights) - set(names))
-            if unknown or not names:
-                raise ConfigError(f"action_weights names {unknown or list(self.action_weights)}, not actions of this "
-                                  f"space {names}: weight discrete actions by their names")
-            if any(not w > 0 for w in self.action_weights.values()):
-                raise ConfigError(f"action_weights must be > 0, got {self.action_weights}")
-            if not token_loss_weight:
-                raise ConfigError("action_weights weigh the action-token cross entropy: set token_loss_weight > 0 too")
+        self.action_weights = self._named("action_weights", action_weights)
+        if any(not w > 0 for w in self.action_weights.values()):
+            raise ConfigError(f"action_weights must be > 0, got {self.action_weights}")
+        if self.action_weights and not token_loss_weight:
+            raise ConfigError("action_weights weigh the action-token cross entropy: set token_loss_weight > 0 too")
+        self.action_bias = self._named("action_bias", action_bias)
         self._slot_ids: list[list[tuple[int, ...]]] | None = None
         self.answer_length = len(self.slot_texts())  # refined by bind_tokenizer (multi-token candidates)
+
+    def _named(self, key: str, values: dict[str, float] | None) -> dict[str, float]:
+        """A {discrete action name: number} option, checked against the space's names."""
+        values = {str(k): float(v) for k, v in dict(values or {}).items()}
+        names = list(self.space.names or ())
+        unknown = sorted(set(values) - set(names))
+        if values and (unknown or not names):
+            raise ConfigError(f"{key} names {unknown or list(values)}, not actions of this space {names}: "
+                              f"name discrete actions")
+        return values
 
     # --- subclass hooks -------------------------------------------------------------------------
     def slot_texts(self) -> list[list[str]]:
@@ -174,6 +179,9 @@ class TokenActionDecoder(ActionDecoder):
                     if tuple(joined) != tuple(base) + cache[first] + seq:
                         raise ConfigError(f"action texts {first!r} + {text!r} tokenize differently together than "
                                           f"apart; choose action words that start with a space or new tokens")
+        if self.action_bias and any(len(seq) > 1 for row in ids for seq in row):
+            raise ConfigError(f"action_bias needs one token per action; {slots[0]} are several tokens each here "
+                              f"(use act_tokens, or single-token words)")
         self._slot_ids = ids
         self.answer_length = sum(max(len(s) for s in row) for row in ids)
 
@@ -195,14 +203,18 @@ class TokenActionDecoder(ActionDecoder):
                             answer_ids=inp.answer_ids if keep else None, answer_logits=inp.answer_logits if keep else None)
 
     def _decode(self, logits: Tensor) -> Tensor:
-        """(M, S, V) -> (M, slots): per slot the candidate with the highest logits, token by token."""
+        """(M, S, V) -> (M, slots): per slot the candidate with the highest logits, token by token; ``action_bias``
+        ({name: b}) adds b to a named action's logit first (b log-odds in its favour against every other action)."""
         slots = self._slot_ids
         m = logits.shape[0]
         codes = torch.zeros(m, len(slots), dtype=torch.long, device=logits.device)
         if all(len(seq) == 1 for row in slots for seq in row):  # one token per slot: one gather per slot
+            names = list(self.space.names or ())
+            bias = torch.tensor([self.action_bias.get(n, 0.0) for n in names] if self.action_bias else 0.0,
+                                device=logits.device)
             for j, row in enumerate(slots):
                 allowed = torch.tensor([seq[0] for seq in row], device=logits.device)
-                codes[:, j] = logits[:, j, allowed].argmax(dim=-1)
+                codes[:, j] = (logits[:, j, allowed].float() + bias).argmax(dim=-1)
             return codes
         for i in range(m):  # candidates of several tokens: walk a trie per occurrence
             pos = 0

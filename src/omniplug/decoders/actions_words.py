@@ -17,7 +17,8 @@ from omniplug.config.schema import ConfigError
 @DECODERS.register("act_words")
 class SemanticActionDecoder(TokenActionDecoder):
     def __init__(self, *, demos: str | None = None, actions: list[str] | None = None, words: list[str] | None = None,
-                 token: str = "<act>", chunk: int = 1, token_loss_weight: float = 0.0, freeze: bool = False) -> None:
+                 token: str = "<act>", chunk: int = 1, token_loss_weight: float = 0.0,
+                 action_bias: dict[str, float] | None = None, freeze: bool = False) -> None:
         space, _, _ = resolve_space(demos=demos, actions=actions, action_dim=None, low=None, high=None, bounds="min_max")
         if not space.is_discrete:
             raise ConfigError("act_words says discrete actions as words; for continuous actions use act_bins, act_rvq "
@@ -26,7 +27,7 @@ class SemanticActionDecoder(TokenActionDecoder):
         if len(self.words) != len(space.names):
             raise ConfigError(f"words needs one word per action ({len(space.names)}: {list(space.names)}), got {self.words}")
         super().__init__(token=token, chunk=chunk, space=space, low=None, high=None, freeze=freeze,
-                         token_loss_weight=token_loss_weight)
+                         token_loss_weight=token_loss_weight, action_bias=action_bias)
 
     def slot_texts(self) -> list[list[str]]:
         return [[" " + w.strip() for w in self.words] for _ in range(self.chunk)]

@@ -29,8 +29,9 @@ The expert is highway-env's own IDM/MOBIL driver in the ego car's place: a shado
 state (the ego car taken off the road while the shadow looks around) chooses the lane (MOBIL; the mission biases
 it: the rightmost lane when the change is safe for ``keep_right``, any lane with a gain for ``overtake``) and the
 acceleration (IDM towards the top speed); its decision is mapped to the action space. Per-episode measures
-(``episode_metrics``): crashed, mean speed (m/s), distance travelled (m), share of steps in the rightmost lane,
-lane changes, mission success. The expert also says why (``expert_narration``): "the slow car is ahead and the left
+(``episode_metrics``): crashed, and how (``crash_into_ahead``, ``crash_from_behind``, ``crash_side``,
+``crash_off_road``), mean speed (m/s), distance travelled (m), share of steps in the rightmost lane, lane changes,
+mission success. The expert also says why (``expert_narration``): "the slow car is ahead and the left
 lane is free: change lane left", "the car ahead is close: slow down", ... — stored with demonstrations for the
 ``demos`` reader's ``reasoning: narrate`` (say why, then act).
 
@@ -145,6 +146,7 @@ class HighwayEnv(Environment):
         self._lane_changes = 0
         self._lane = self._goal_lane = ego.lane_index
         self._steps = 0
+        self._crash: str | None = None
         self._narration: str | None = None
         return self._observe()
 
@@ -200,6 +202,8 @@ class HighwayEnv(Environment):
         if ego.lane_index[2] != self._lane[2]:
             self._lane_changes += 1
             self._lane = ego.lane_index
+        if ego.crashed and self._crash is None:
+            self._crash = self._crash_kind()
         done = bool(terminated or truncated) or self._steps >= self.max_steps
         return Step(observation=self._observe(), reward=float(reward), done=done, success=bool(done and self.succeeded()))
 
@@ -217,7 +221,22 @@ class HighwayEnv(Environment):
         return {"crashed": float(self.ego.crashed), "mean_speed": float(np.mean(self._speeds)) if self._speeds else 0.0,
                 "distance": float(self.ego.position[0] - self._start_x),
                 "right_lane_share": float(np.mean(self._right)) if self._right else 0.0,
-                "lane_changes": float(self._lane_changes), f"success_{self.mission}": float(self.succeeded())}
+                "lane_changes": float(self._lane_changes), f"success_{self.mission}": float(self.succeeded()),
+                **{f"crash_{kind}": float(self._crash == kind) for kind in CRASH_KINDS}}
+
+    def _crash_kind(self) -> str:
+        """Which way the ego car crashed (``CRASH_KINDS``), from the nearest other car that crashed with it: the
+        side the two cars touch is the one they overlap least along (nose to tail: the car ahead or behind; flank
+        to flank: side by side)."""
+        ego = self.ego
+        others = [v for v in self.road.vehicles if v is not ego and v.crashed]
+        if not others:
+            return "off_road"
+        other = min(others, key=lambda v: float(np.linalg.norm(v.position - ego.position)))
+        ahead, across = (float(d) for d in other.position - ego.position)  # the road runs along x
+        if ego.LENGTH - abs(ahead) > ego.WIDTH - abs(across):
+            return "side"
+        return "into_ahead" if ahead > 0 else "from_behind"
 
     # --- the expert -----------------------------------------------------------------------------------
     def _shadow(self):
@@ -311,6 +330,10 @@ class HighwayEnv(Environment):
         self._env.close()
 
 
+# how the ego car crashed, per episode (episode_metrics: crash_<kind>, one of them 1.0 when crashed): it drove into
+# the car ahead in its lane, a car ran into it from behind, the two cars were side by side (a lane change), or no
+# other car was involved
+CRASH_KINDS = ("into_ahead", "from_behind", "side", "off_road")
 SPEED_SCALE = 40.0  # m/s per unit of the state's dashboard entries
 SPEEDOMETER_RANGE = (10.0, 35.0)  # m/s at the left and right edge of the frame
 
