@@ -4,8 +4,13 @@
 
 Every frame comes with the state it shows (``states`` in the episode files: Reacher's cos/sin of
 both joints and the target's x, y); the reader regresses the standardised state from the pixels
-(mean squared error). Held-out episodes (the last ``val_episodes`` of the index, the ``demos``
+(mean squared error). Held-out episodes (the last ``val_episodes`` of each folder's index, the ``demos``
 split) give the error per state dimension in the state's own units.
+
+Several folders (``--data A --data B``) train one reader on all their frames: give it the DAgger rounds
+too, not the expert's demonstrations alone. A reader that has only seen the expert's driving misreads the
+states a learner reaches (highway: the car ahead in its lane 6-9 m farther than it is, in the frames the
+agent drove itself; bench/actions/README.md), and the agent brakes late on its own misreading.
 """
 
 from __future__ import annotations
@@ -34,23 +39,35 @@ class ReaderReport:
     baseline_mae: list[float]  # predicting the training mean
 
 
-def load_states(data_dir: str | Path, split: str, *, val_episodes: int, max_episodes: int | None,
-                image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    records = split_records(read_index(data_dir), split, val_episodes)[:max_episodes]
-    frames, states = [], []
-    for record in records:
-        episode = read_episode(data_dir, record)
-        if episode.states is None:
-            raise ValueError(f"{data_dir}/{record.file} has no states; collect the demonstrations again with an "
-                             f"environment that reports them (e.g. `omniplug demos collect --env reacher`)")
-        frames.extend(Image.fromarray(f) for f in episode.frames)
-        states.append(episode.states)
-    if not frames:
-        raise ValueError(f"no episodes in the {split!r} split of {data_dir} (val_episodes={val_episodes})")
-    return to_pixels(frames, image_size), torch.from_numpy(np.concatenate(states).astype(np.float32))
+def load_states(data_dir: str | Path | list[str | Path], split: str, *, val_episodes: int,
+                max_episodes: int | None, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames as pixels and their states, from one folder or several (``split`` of each; ``max_episodes`` per
+    folder)."""
+    dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
+    pixels, states = [], []
+    for folder in dirs:
+        records = split_records(read_index(folder), split, val_episodes)[:max_episodes]
+        frames = []
+        for record in records:
+            episode = read_episode(folder, record)
+            if episode.states is None:
+                raise ValueError(f"{folder}/{record.file} has no states; collect the demonstrations again with an "
+                                 f"environment that reports them (e.g. `omniplug demos collect --env reacher`)")
+            frames.extend(Image.fromarray(f) for f in episode.frames)
+            states.append(episode.states)
+        if frames:  # converted folder by folder: only pixels stay in memory
+            pixels.append(to_pixels(frames, image_size))
+    if not pixels:
+        raise ValueError(f"no episodes in the {split!r} split of {', '.join(map(str, dirs))} "
+                         f"(val_episodes={val_episodes})")
+    widths = {s.shape[1] for s in states}
+    if len(widths) > 1:
+        raise ValueError(f"the folders' states differ in size ({sorted(widths)}): train a reader on demonstrations "
+                         f"of one environment")
+    return torch.cat(pixels), torch.from_numpy(np.concatenate(states).astype(np.float32))
 
 
-def train_state_reader(data_dir: str | Path, out: str | Path, *, steps: int = 3000, batch_size: int = 64,
+def train_state_reader(data_dir: str | Path | list[str | Path], out: str | Path, *, steps: int = 3000, batch_size: int = 64,
                        lr: float = 1e-3, val_episodes: int = 20, max_episodes: int | None = None, seed: int = 0,
                        image_size: int = 64, width: int = 64) -> ReaderReport:
     torch.manual_seed(seed)

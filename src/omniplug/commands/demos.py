@@ -41,7 +41,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     pa.add_argument("--max-episodes", type=int, default=4000, help="training episodes read (frames held in memory)")
     pa.add_argument("--seed", type=int, default=0)
     rd = sub.add_parser("reader", help="train the `state` encoder's reader on demonstrations with states")
-    rd.add_argument("--data", required=True, help="demonstrations whose episodes store states (e.g. reacher)")
+    rd.add_argument("--data", required=True, action="append",
+                    help="demonstrations whose episodes store states (e.g. reacher); repeat it to train on several "
+                         "folders (the expert's and the DAgger rounds')")
     rd.add_argument("--out", required=True, help="directory for reader_config.json + reader.safetensors")
     rd.add_argument("--steps", type=int, default=3000)
     rd.add_argument("--batch-size", type=int, default=64)
