@@ -160,3 +160,26 @@ def test_a_reader_trained_on_several_folders_reads_each(tmp_path):
     with pytest.raises(ValueError, match="states differ in size"):
         train_state_reader([left, _dot_episodes(tmp_path / "wide", episodes=3, pad_state=1)], tmp_path / "x",
                            steps=1, val_episodes=1)
+
+
+def test_dropped_state_dimensions_do_not_reach_the_llm(dot_demos, tmp_path):
+    from omniplug.actions.state_reader import train_state_reader
+    from omniplug.encoders.state import StateEncoder
+
+    torch.set_num_threads(1)
+    report = train_state_reader(dot_demos, tmp_path / "reader", steps=2, val_episodes=2, image_size=32, width=16)
+    torch.manual_seed(0)
+    full = StateEncoder(reader=str(report.out), dim=8)
+    torch.manual_seed(0)
+    blind = StateEncoder(reader=str(report.out), dim=8, drop_dims=[1])  # y hidden
+    left, right = torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)
+    left[..., 10:13, 4:7], right[..., 10:13, 25:28] = 1.0, 1.0  # the same row, other columns: x differs
+    up, down = torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)
+    up[..., 4:7, 10:13], down[..., 25:28, 10:13] = 1.0, 1.0  # the same column, other rows: y differs
+    with torch.no_grad():
+        assert not torch.allclose(blind(left).tokens, blind(right).tokens)  # x still reaches it
+        assert not torch.allclose(full(up).tokens, full(down).tokens)
+        estimate = blind.perceive(up) * blind.keep
+        assert float(estimate[0, 1]) == 0.0 and float(estimate[0, 0]) != 0.0
+    with pytest.raises(ValueError, match="drop_dims"):
+        StateEncoder(reader=str(report.out), dim=8, drop_dims=[2])

@@ -17,6 +17,9 @@ difference. The reader stays frozen (``freeze_reader``); the linear map and ever
 ...; NeRF's positional encoding): a from-scratch LLM then tells apart states a few hundredths apart, which fine
 continuous control needs (Reacher: a 4-layer LLM memorised 64 samples' torques to L1 0.012 in 400 steps with F = 4,
 and stayed at 0.056 after 800 without).
+
+``drop_dims: [i, ...]`` hides state dimensions from the LLM (they read as the training mean): ablations of what the
+agent may look at, e.g. highway's set cruise speed (26), from which a driver can read its own last decision.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class StateEncoder(PerceptionEncoder):
 
     def __init__(self, *, reader: str | None = None, dim: int = 128, freeze: bool = False, freeze_reader: bool = True,
                  from_scratch: bool = False, state_dim: int | None = None, image_size: int = 64,
-                 fourier: int = 0) -> None:
+                 fourier: int = 0, drop_dims: list[int] | None = None) -> None:
         super().__init__()
         if reader is None and not (from_scratch and state_dim):
             raise ValueError("encoder state needs `reader: DIR` (train one with `omniplug demos reader --data DEMOS "
@@ -103,6 +106,13 @@ class StateEncoder(PerceptionEncoder):
         if fourier < 0:
             raise ValueError(f"encoder state: fourier (frequency bands) must be >= 0, got {fourier}")
         self.register_buffer("bands", torch.pi * 2.0 ** torch.arange(fourier, dtype=torch.float32), persistent=False)
+        k = self.reader.config.state_dim
+        drop = sorted({int(d) for d in drop_dims or []})
+        if any(not 0 <= d < k for d in drop):
+            raise ValueError(f"encoder state: drop_dims {drop} must index the reader's {k} state dimensions (0..{k - 1})")
+        keep = torch.ones(k)
+        keep[drop] = 0.0
+        self.register_buffer("keep", keep, persistent=False)
         self.embed = nn.Linear(self.reader.config.state_dim * (1 + 2 * fourier), dim)
         self.out_dim, self.num_tokens = dim, 1
         self.requires_grad_(True)
@@ -111,7 +121,7 @@ class StateEncoder(PerceptionEncoder):
         return to_pixels(images, self.image_size)
 
     def forward(self, pixel_values: Tensor) -> ImageFeatures:
-        state = self.perceive(pixel_values)
+        state = self.perceive(pixel_values) * self.keep  # a dropped dimension reads as the training mean (0)
         if len(self.bands):  # (N, K) -> (N, K (1 + 2F)): the estimate and its sines / cosines at F frequencies
             angles = (state.unsqueeze(-1) * self.bands).flatten(1)
             state = torch.cat([state, angles.sin(), angles.cos()], dim=1)
