@@ -248,6 +248,8 @@ def test_action_bias_shifts_the_decoded_action_by_its_logit(tiny_dir):
         assert int(biased.decoders["act"]._decode(logits)[0, 0]) == expected, bias
     with pytest.raises(ConfigError, match="not actions of this space"):
         _build(tiny_dir, "act_tokens_tiny", "decoder.act_tokens_tiny.action_bias={brake: 1.0}")
+    with pytest.raises(ConfigError, match="action_bias.*must be dict"):
+        _build(tiny_dir, "act_tokens_tiny", f"decoder.act_tokens_tiny.action_bias={{{names[1]}: much}}")
 
 
 def test_bad_action_configs_are_loud(tiny_dir):

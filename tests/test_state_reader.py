@@ -183,3 +183,5 @@ def test_dropped_state_dimensions_do_not_reach_the_llm(dot_demos, tmp_path):
         assert float(estimate[0, 1]) == 0.0 and float(estimate[0, 0]) != 0.0
     with pytest.raises(ValueError, match="drop_dims"):
         StateEncoder(reader=str(report.out), dim=8, drop_dims=[2])
+    with pytest.raises(ValueError, match="drop_dims"):
+        StateEncoder(reader=str(report.out), dim=8, drop_dims=["y"])

@@ -107,8 +107,8 @@ class StateEncoder(PerceptionEncoder):
             raise ValueError(f"encoder state: fourier (frequency bands) must be >= 0, got {fourier}")
         self.register_buffer("bands", torch.pi * 2.0 ** torch.arange(fourier, dtype=torch.float32), persistent=False)
         k = self.reader.config.state_dim
-        drop = sorted({int(d) for d in drop_dims or []})
-        if any(not 0 <= d < k for d in drop):
+        drop = sorted({d for d in drop_dims or []})
+        if any(not isinstance(d, int) or not 0 <= d < k for d in drop):
             raise ValueError(f"encoder state: drop_dims {drop} must index the reader's {k} state dimensions (0..{k - 1})")
         keep = torch.ones(k)
         keep[drop] = 0.0
