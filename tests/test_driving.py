@@ -217,3 +217,52 @@ def test_a_crash_is_told_apart_by_where_the_other_car_was(where, kind):
         assert {k: v for k, v in metrics.items() if k.startswith("crash_") and v} == {f"crash_{kind}": 1.0}
     finally:
         env.close()
+
+
+def test_the_state_units_are_the_metres_and_speeds_on_the_road():
+    """X_METRES / VX_METRES_PER_S turn the state's kinematics back into metres and m/s: every neighbour row is a
+    car on the road at that offset and closing speed (benchmarks that report metres rely on it)."""
+    from omniplug.envs.highway import SPEED_SCALE, VX_METRES_PER_S, X_METRES
+
+    env = make_env("highway", mission="cruise", duration=5)
+    try:
+        for seed in (3, 4, 5):
+            state = env.reset(seed).state
+            ego, rows = env.ego, state[:25].reshape(5, 5)
+            assert rows[0, 0] == 1.0 and state[25] * SPEED_SCALE == pytest.approx(ego.speed, abs=1e-3)
+            offsets = [(v.position - ego.position, v.velocity - ego.velocity)
+                       for v in env.road.vehicles if v is not ego]
+            present = [row for row in rows[1:] if row[0] > 0.5]
+            assert present
+            for row in present:
+                dx, dvx = row[1] * X_METRES, row[3] * VX_METRES_PER_S
+                assert min(abs(d[0] - dx) + abs(v[0] - dvx) for d, v in offsets) < 0.05, (seed, dx, dvx)
+    finally:
+        env.close()
+
+
+def test_brake_room_makes_the_expert_slow_down_before_a_lane_change():
+    """A car a few metres ahead in the ego lane, the right lane free: the expert (keep right) plans the lane change
+    and says lane_right; with brake_room it says slower first."""
+    answers = {}
+    for brake_room in (0.0, 8.0):
+        env = make_env("highway", mission="keep_right", duration=5, brake_room=brake_room)
+        try:
+            for seed in range(50):  # a start off the rightmost lane
+                env.reset(seed)
+                ego, road = env.ego, env.road
+                lane = ego.lane_index
+                right = (lane[0], lane[1], lane[2] + 1)
+                if right in road.network.side_lanes(lane):
+                    break
+            for v in [v for v in road.vehicles if v is not ego and abs(v.position[0] - ego.position[0]) < 60]:
+                road.vehicles.remove(v)  # room around the ego car: the right lane is free, safe to move into
+            ego.speed_index = len(ego.target_speeds) - 1
+            ahead = type(ego)(road, ego.position + np.array([7.0, 0.0]), heading=ego.heading, speed=ego.speed - 5.0)
+            road.vehicles.append(ahead)
+            answers[brake_room] = env.action_space.names[int(env.expert_action())]
+        finally:
+            env.close()
+    assert answers == {0.0: "lane_right", 8.0: "slower"}, answers
+    with pytest.raises(ValueError, match="brake_room is metres"):
+        make_env("highway", brake_room=-1)

@@ -185,3 +185,29 @@ def test_dropped_state_dimensions_do_not_reach_the_llm(dot_demos, tmp_path):
         StateEncoder(reader=str(report.out), dim=8, drop_dims=[2])
     with pytest.raises(ValueError, match="drop_dims"):
         StateEncoder(reader=str(report.out), dim=8, drop_dims=["y"])
+
+
+def test_a_reader_standardised_like_another_can_replace_it(tmp_path):
+    # a reader trained on other frames keeps the first one's state mean / std: the same state gives the agent the
+    # same numbers through either, so it can replace the first under an agent trained on it
+    from omniplug.actions.state_reader import train_state_reader
+    from omniplug.cli import main
+    from omniplug.encoders.state import StateReader
+
+    torch.set_num_threads(1)
+    left = _dot_episodes(tmp_path / "left", columns=(2, 14))
+    right = _dot_episodes(tmp_path / "right", columns=(18, 30), seed=100)
+    kwargs = dict(steps=2, val_episodes=2, width=16)  # 64 px, as the CLI reads
+    first = train_state_reader(left, tmp_path / "first", **kwargs)
+    own = train_state_reader(right, tmp_path / "own", **kwargs)
+    like = train_state_reader(right, tmp_path / "like", standardise_like=first.out, **kwargs)
+    first_cfg, own_cfg, like_cfg = (StateReader.load(r.out).config for r in (first, own, like))
+    assert like_cfg.mean == first_cfg.mean and like_cfg.std == first_cfg.std
+    assert own_cfg.mean[0] > first_cfg.mean[0] + 0.5  # without it the right-hand frames set their own mean
+    assert main(["demos", "reader", "--data", str(right), "--out", str(tmp_path / "cli"), "--steps", "1",
+                 "--val-episodes", "1", "--standardise-like", str(first.out)]) == 0
+    assert StateReader.load(tmp_path / "cli").config.mean == first_cfg.mean
+    wide = _dot_episodes(tmp_path / "wide", episodes=3, pad_state=1)
+    with pytest.raises(ValueError, match="reads 2 state dimensions from 64 px frames, these demonstrations have 3 "
+                                         "at 32 px"):
+        train_state_reader(wide, tmp_path / "x", steps=1, val_episodes=1, image_size=32, standardise_like=first.out)

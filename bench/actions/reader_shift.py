@@ -3,8 +3,11 @@
 The ``state`` encoder's reader regresses highway-env's kinematics (the ego car and its 4 nearest neighbours) from
 the frame. Per demonstration folder (the last ``--episodes`` episodes of each, held out from a reader trained with
 ``--val-episodes`` as large), the x error on every neighbour and on the car in the ego lane within 25 m ahead (the one
-an agent crashes into), and how far the nearest same-lane car the reader puts ahead sits from the true one
-(median, metres) — or that it puts none there.
+an agent crashes into), how far the nearest same-lane car the reader puts ahead sits from the true one (median,
+metres) — or that it puts none there; per gap, the share of frames where it misses that car, reading none or one
+more than 10 m off — and how fast that car closes in (m/s): the reader's own estimate of its
+speed from one frame, and the best an agent given two frames could do, the change of the estimated gap between
+consecutive frames. Units from ``omniplug.envs.highway`` (x: 200 m, vx: 80 m/s per unit; checked by the tests).
 
     python bench/actions/reader_shift.py --reader configs/driving/reader --reader /root/runs/driving/reader2 \\
         --data data/driving/demos_a --data data/driving/demos_b --data data/driving/dagger1 \\
@@ -24,16 +27,25 @@ from PIL import Image
 from omniplug.actions.episodes import read_episode, read_index
 from omniplug.encoders._perception import to_pixels
 from omniplug.encoders.state import StateReader
+from omniplug.envs.highway import VX_METRES_PER_S, X_METRES
 
-METRES = 100.0  # highway-env's normalised kinematics: x / 100 m
-SAME_LANE = 0.1  # |normalised y| below this: the ego lane (the next lane sits at 0.33)
-AHEAD = 0.25  # within 25 m ahead
+SAME_LANE = 2.0 / 12.0  # |normalised y| below half a lane (2 m; y: 12 m per unit on 3 lanes): the ego lane
+AHEAD = 25.0 / X_METRES  # within 25 m ahead
+GAP_BINS = ((0.0, 10.0), (10.0, 25.0))  # metres to the nearest car ahead in the ego lane
+MISS_M = 10.0  # a reading further than this from that car (or none in the lane ahead) misses it
 
 
-def measure(reader: StateReader, folder: str, episodes: int) -> dict:
-    frames, states = [], []
+def _nearest_ahead(rows: np.ndarray) -> tuple[float, float] | None:
+    """(x, vx) of the nearest car ahead in the ego lane among 4 neighbour rows, within AHEAD; None if none."""
+    ahead = [r for r in rows if r[0] > 0.5 and abs(r[2]) < SAME_LANE and 0 < r[1] < AHEAD]
+    return min(((float(r[1]), float(r[3])) for r in ahead), default=None)
+
+
+def measure(reader: StateReader, folder: str, episodes: int, *, dt: float) -> dict:
+    frames, states, starts = [], [], []
     for record in read_index(folder)[-episodes:]:
         episode = read_episode(folder, record)
+        starts.append(len(frames))
         frames += [Image.fromarray(f) for f in episode.frames]
         states.append(episode.states)
     truth = np.concatenate(states)
@@ -44,18 +56,37 @@ def measure(reader: StateReader, folder: str, episodes: int) -> dict:
     true, est = truth[:, :25].reshape(-1, 5, 5)[:, 1:], estimate[:, :25].reshape(-1, 5, 5)[:, 1:]  # the 4 others
     present = true[..., 0] > 0.5
     close = present & (np.abs(true[..., 2]) < SAME_LANE) & (true[..., 1] > 0) & (true[..., 1] < AHEAD)
-    err = np.abs(est[..., 1] - true[..., 1]) * METRES
-    offsets = []
+    err = np.abs(est[..., 1] - true[..., 1]) * X_METRES
+    first = set(starts)
+    offsets, speed_err, diff_err, closing = [], [], [], []
     for i in np.flatnonzero(close.any(1)):
-        nearest = true[i, close[i], 1].min()
+        car = _nearest_ahead(true[i])
         seen = [est[i, k, 1] for k in range(4) if abs(est[i, k, 2]) < SAME_LANE and est[i, k, 1] > 0]
-        offsets.append((min(seen) - nearest) * METRES if seen else np.nan)
+        offsets.append((min(seen) - car[0]) * X_METRES if seen else np.nan)
+        guess = _nearest_ahead(est[i])
+        if guess is None:
+            continue
+        closing.append(car[1] * VX_METRES_PER_S)
+        speed_err.append(abs(guess[1] - car[1]) * VX_METRES_PER_S)
+        before = None if i in first else _nearest_ahead(est[i - 1])
+        if before is not None:  # the gap's change over one decision: what two frames tell (same car or not)
+            diff_err.append(abs((guess[0] - before[0]) * X_METRES / dt - car[1] * VX_METRES_PER_S))
     offsets = np.array(offsets)
+    gaps = np.array([_nearest_ahead(true[i])[0] * X_METRES for i in np.flatnonzero(close.any(1))])
+    lost = np.isnan(offsets) | (np.abs(np.nan_to_num(offsets)) > MISS_M)
+    by_gap = {f"{lo:g}-{hi:g} m": {"frames": int(((gaps >= lo) & (gaps < hi)).sum()),
+                                   "missed": round(float(lost[(gaps >= lo) & (gaps < hi)].mean()), 3)
+                                   if ((gaps >= lo) & (gaps < hi)).any() else None}
+              for lo, hi in GAP_BINS}
     return {"frames": int(len(truth)), "x_mae_m": round(float(err[present].mean()), 2),
             "same_lane_ahead_share": round(float(close.any(1).mean()), 3),
             "same_lane_ahead_x_mae_m": round(float(err[close].mean()), 2),
             "nearest_ahead_offset_median_m": round(float(np.nanmedian(offsets)), 2),
-            "nearest_ahead_missed": round(float(np.isnan(offsets).mean()), 3)}
+            "nearest_ahead_missed": round(float(np.isnan(offsets).mean()), 3),
+            "nearest_ahead_closing_speed_mean_abs_ms": round(float(np.mean(np.abs(closing))), 2),
+            "closing_speed_mae_one_frame_ms": round(float(np.mean(speed_err)), 2),
+            "nearest_ahead_missed_by_gap": by_gap,
+            "closing_speed_mae_two_frames_ms": round(float(np.mean(diff_err)), 2) if diff_err else None}
 
 
 def main() -> None:
@@ -64,13 +95,14 @@ def main() -> None:
     p.add_argument("--data", action="append", required=True, help="a demonstrations folder with states (repeatable)")
     p.add_argument("--episodes", type=int, default=40, help="the last episodes of each folder")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dt", type=float, default=1.0, help="seconds between decisions (1 / decisions_per_second)")
     p.add_argument("--out", default=str(Path(__file__).with_name("reader_shift.json")))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     table = {}
     for path in args.reader:
         reader = StateReader.load(path).eval()
-        table[path] = {Path(d).name: measure(reader, d, args.episodes) for d in args.data}
+        table[path] = {Path(d).name: measure(reader, d, args.episodes, dt=args.dt) for d in args.data}
         for name, row in table[path].items():
             print(path, name, json.dumps(row), flush=True)
     Path(args.out).write_text(json.dumps({"episodes": args.episodes, "readers": table}, indent=1) + "\n")

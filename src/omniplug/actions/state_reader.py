@@ -7,6 +7,10 @@ both joints and the target's x, y); the reader regresses the standardised state 
 (mean squared error). Held-out episodes (the last ``val_episodes`` of each folder's index, the ``demos``
 split) give the error per state dimension in the state's own units.
 
+``--standardise-like DIR`` keeps another reader's standardisation (its state mean and std): the new reader's
+estimates then mean what the old one's meant to an agent trained on it, and it can replace that reader under the
+agent without retraining it (e.g. a reader that sees what the old one missed).
+
 Several folders (``--data A --data B``) train one reader on all their frames: give it the DAgger rounds
 too, not the expert's demonstrations alone. A reader that has only seen the expert's driving misreads the
 states a learner reaches (highway: the car ahead in its lane 6-9 m farther than it is, in the frames the
@@ -69,12 +73,20 @@ def load_states(data_dir: str | Path | list[str | Path], split: str, *, val_epis
 
 def train_state_reader(data_dir: str | Path | list[str | Path], out: str | Path, *, steps: int = 3000, batch_size: int = 64,
                        lr: float = 1e-3, val_episodes: int = 20, max_episodes: int | None = None, seed: int = 0,
-                       image_size: int = 64, width: int = 64) -> ReaderReport:
+                       image_size: int = 64, width: int = 64,
+                       standardise_like: str | Path | None = None) -> ReaderReport:
     torch.manual_seed(seed)
     start = time.perf_counter()
     pixels, states = load_states(data_dir, "train", val_episodes=val_episodes, max_episodes=max_episodes,
                                  image_size=image_size)
     mean, std = states.mean(0), states.std(0).clamp_min(1e-6)
+    if standardise_like is not None:
+        like = StateReader.load(standardise_like).config
+        if like.state_dim != states.shape[1] or like.image_size != image_size:
+            raise ValueError(f"standardise_like: the reader in {standardise_like} reads {like.state_dim} state "
+                             f"dimensions from {like.image_size} px frames, these demonstrations have {states.shape[1]} at "
+                             f"{image_size} px")
+        mean, std = torch.tensor(like.mean), torch.tensor(like.std).clamp_min(1e-6)
     reader = StateReader(StateReaderConfig(state_dim=states.shape[1], image_size=image_size, width=width,
                                            mean=mean.tolist(), std=std.tolist()))
     target = reader.standardise(states)

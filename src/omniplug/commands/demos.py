@@ -49,6 +49,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     rd.add_argument("--batch-size", type=int, default=64)
     rd.add_argument("--val-episodes", type=int, default=20, help="episodes at the end of the index held out")
     rd.add_argument("--seed", type=int, default=0)
+    rd.add_argument("--standardise-like", default=None, metavar="READER_DIR",
+                    help="keep this reader's state mean / std, so the new reader can replace it under an agent "
+                         "trained on it")
     r = sub.add_parser("rollout", help="closed-loop evaluation of a model (or the expert) on an environment")
     r.add_argument("-c", "--config", help="model config (omit with --expert)")
     r.add_argument("overrides", nargs="*", help="config key=value overrides, e.g. one_model.weights=out/run/final")
@@ -113,7 +116,8 @@ def _run(args: argparse.Namespace) -> int:
         from omniplug.actions.state_reader import train_state_reader
 
         report = train_state_reader(args.data, args.out, steps=args.steps, batch_size=args.batch_size,
-                                    val_episodes=args.val_episodes, seed=args.seed)
+                                    val_episodes=args.val_episodes, seed=args.seed,
+                                    standardise_like=args.standardise_like)
         errors = ", ".join(f"{m:.4f} (mean: {b:.4f})" for m, b in zip(report.mae, report.baseline_mae))
         print(f"state reader: {report.frames} frames, {report.steps} steps, {report.seconds:.1f}s; held-out mean "
               f"absolute error per dimension: {errors}; wrote {report.out}")

@@ -28,7 +28,11 @@ steering in [-1, 1] (mapped to [-5, 5] m/s² and [-45°, 45°]), 5 decisions a s
 The expert is highway-env's own IDM/MOBIL driver in the ego car's place: a shadow ``IDMVehicle`` built from the ego
 state (the ego car taken off the road while the shadow looks around) chooses the lane (MOBIL; the mission biases
 it: the rightmost lane when the change is safe for ``keep_right``, any lane with a gain for ``overtake``) and the
-acceleration (IDM towards the top speed); its decision is mapped to the action space. Per-episode measures
+acceleration (IDM towards the top speed); its decision is mapped to the action space. A planned lane change goes
+before slowing down, which is right for the expert (it is never that close) but leaves the states a learner
+reaches, a car a few metres ahead, labelled "change lane" rather than "slow down"; ``brake_room`` (metres, default 0:
+off) makes it say "slower" first whenever the car ahead in its own lane would be nearer than that after the next
+decision and one more second (a lane change already under way goes on). Per-episode measures
 (``episode_metrics``): crashed, and how (``crash_into_ahead``, ``crash_from_behind``, ``crash_side``,
 ``crash_off_road``), mean speed (m/s), distance travelled (m), share of steps in the rightmost lane, lane changes,
 mission success. The expert also says why (``expert_narration``): "the slow car is ahead and the left
@@ -78,7 +82,8 @@ class HighwayEnv(Environment):
     def __init__(self, *, mission: Literal["random", "cruise", "keep_right", "overtake"] = "random",
                  actions: Literal["meta", "continuous"] = "meta", image_size: int = 64, view_metres: float = 48.0,
                  lanes: int = 3, vehicles: int = 20, density: float = 1.0, duration: int = 30,
-                 right_share: float = 0.8, speedometer: bool = True, decisions_per_second: int = 1) -> None:
+                 right_share: float = 0.8, speedometer: bool = True, decisions_per_second: int = 1,
+                 brake_room: float = 0.0) -> None:
         if mission != "random" and mission not in MISSIONS:
             raise ValueError(f"highway: unknown mission {mission!r}; choose random or one of {sorted(MISSIONS)}")
         if actions not in ("meta", "continuous"):
@@ -86,6 +91,8 @@ class HighwayEnv(Environment):
         if image_size < 16 or view_metres <= 0 or lanes < 2 or duration < 1 or not 0 < right_share <= 1:
             raise ValueError("highway: image_size >= 16, view_metres > 0, lanes >= 2, duration >= 1 and right_share "
                              "in (0, 1] are required")
+        if not isinstance(brake_room, (int, float)) or isinstance(brake_room, bool) or brake_room < 0:
+            raise ValueError(f"highway: brake_room is metres (>= 0; 0 = off), got {brake_room!r}")
         if actions == "meta" and decisions_per_second not in (1, 2, 5):
             raise ValueError(f"highway: decisions_per_second must be 1, 2 or 5 with meta-actions, got {decisions_per_second!r}")
         if actions == "continuous" and decisions_per_second != 1:
@@ -100,6 +107,7 @@ class HighwayEnv(Environment):
             raise missing_simulator("highway-env", exc) from None
         self.mission_option, self.actions, self.right_share = mission, actions, right_share
         self.speedometer = bool(speedometer)
+        self.brake_room = float(brake_room)
         self.policy_hz = decisions_per_second if actions == "meta" else 5
         self._horizon = 1.0 / self.policy_hz + 1.0  # seconds a lane change must leave room for
         config = {
@@ -285,12 +293,14 @@ class HighwayEnv(Environment):
             shadow = self._shadow()
             target = self._goal_lane if changing else self._target_lane(shadow)
             self._goal_lane = target
-            accel, room = np.inf, np.inf
+            accel, room, own_room = np.inf, np.inf, np.inf
             for lane in {ego.lane_index, target}:  # IDM in the lane it is in and the lane it goes to
                 front, rear = road.neighbour_vehicles(shadow, lane)
                 accel = min(accel, shadow.acceleration(ego_vehicle=shadow, front_vehicle=front, rear_vehicle=rear))
                 if front is not None:  # the gap left after the time to the next decision and one more second
-                    room = min(room, front.position[0] - ego.position[0] - max(ego.speed - front.speed, 0) * self._horizon)
+                    left = front.position[0] - ego.position[0] - max(ego.speed - front.speed, 0) * self._horizon
+                    room = min(room, left)
+                    own_room = left if lane == ego.lane_index else own_room
             steering = shadow.steering_control(target)
         finally:
             road.vehicles.insert(0, ego)
@@ -303,6 +313,9 @@ class HighwayEnv(Environment):
                 why = WHY["changing"].format(side=side)
             self._narration = why
             return np.array([np.clip(accel / ACCELERATION, -1, 1), np.clip(steering / STEERING, -1, 1)], dtype=np.float32)
+        if not changing and why is not None and self.brake_room and own_room < self.brake_room and ego.speed_index > 0:
+            self._narration = WHY["close"]  # brake_room: the car ahead comes first, the lane change next decision
+            return META_ACTIONS.index("SLOWER")
         if not changing and why is not None:
             self._narration = why
             return META_ACTIONS.index("LANE_RIGHT" if side == "right" else "LANE_LEFT")
@@ -335,6 +348,10 @@ class HighwayEnv(Environment):
 # other car was involved
 CRASH_KINDS = ("into_ahead", "from_behind", "side", "off_road")
 SPEED_SCALE = 40.0  # m/s per unit of the state's dashboard entries
+# what one unit of the state's kinematics is (highway-env's `normalize`: x in +-5, vx / vy in +-2 times
+# Vehicle.MAX_SPEED = 40 m/s, y in +-4 m per lane of the road); tests/test_driving.py checks them against the road
+X_METRES = 200.0
+VX_METRES_PER_S = 80.0
 SPEEDOMETER_RANGE = (10.0, 35.0)  # m/s at the left and right edge of the frame
 
 
