@@ -9,9 +9,10 @@ more than 10 m off — and how fast that car closes in (m/s): the reader's own e
 speed from one frame, and the best an agent given two frames could do, the change of the estimated gap between
 consecutive frames. Units from ``omniplug.envs.highway`` (x: 200 m, vx: 80 m/s per unit; checked by the tests).
 
-    python bench/actions/reader_shift.py --reader configs/driving/reader --reader /root/runs/driving/reader2 \\
-        --data data/driving/demos_a --data data/driving/demos_b --data data/driving/dagger1 \\
-        --data data/driving/dagger_ot2 --data data/driving/dagger4 --out bench/actions/reader_shift.json
+    D=data/driving   # reader_shift.json: the shipped reader and reader3 (bench/actions/README.md)
+    python bench/actions/reader_shift.py --reader configs/driving/reader --reader $D/reader3 --data $D/expert_b \\
+        --data $D/agent_b --data $D/const_idle --data $D/const_faster --data $D/r3round_a --data $D/r3round_b \\
+        --episodes 40 --out bench/actions/reader_shift.json
 """
 
 from __future__ import annotations

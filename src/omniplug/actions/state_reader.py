@@ -13,8 +13,9 @@ agent without retraining it (e.g. a reader that sees what the old one missed).
 
 Several folders (``--data A --data B``) train one reader on all their frames: give it the DAgger rounds
 too, not the expert's demonstrations alone. A reader that has only seen the expert's driving misreads the
-states a learner reaches (highway: the car ahead in its lane 6-9 m farther than it is, in the frames the
-agent drove itself; bench/actions/README.md), and the agent brakes late on its own misreading.
+states a learner reaches (highway: in the frames the agent drove itself, a car within 10 m ahead in its lane
+goes unseen in every frame and one within 25 m in about half, since the expert never comes that close;
+bench/actions/README.md), and the agent brakes late on its own misreading.
 """
 
 from __future__ import annotations
