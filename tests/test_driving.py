@@ -266,3 +266,5 @@ def test_brake_room_makes_the_expert_slow_down_before_a_lane_change():
     assert answers == {0.0: "lane_right", 8.0: "slower"}, answers
     with pytest.raises(ValueError, match="brake_room is metres"):
         make_env("highway", brake_room=-1)
+    with pytest.raises(ValueError, match="brake_room is an option of the meta-actions"):
+        make_env("highway", actions="continuous", brake_room=5)

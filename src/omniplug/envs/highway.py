@@ -93,6 +93,9 @@ class HighwayEnv(Environment):
                              "in (0, 1] are required")
         if not isinstance(brake_room, (int, float)) or isinstance(brake_room, bool) or brake_room < 0:
             raise ValueError(f"highway: brake_room is metres (>= 0; 0 = off), got {brake_room!r}")
+        if brake_room and actions != "meta":
+            raise ValueError("highway: brake_room is an option of the meta-actions' expert (the continuous expert "
+                             "brakes through IDM's own acceleration)")
         if actions == "meta" and decisions_per_second not in (1, 2, 5):
             raise ValueError(f"highway: decisions_per_second must be 1, 2 or 5 with meta-actions, got {decisions_per_second!r}")
         if actions == "continuous" and decisions_per_second != 1:
