@@ -268,3 +268,48 @@ def test_brake_room_makes_the_expert_slow_down_before_a_lane_change():
         make_env("highway", brake_room=-1)
     with pytest.raises(ValueError, match="brake_room is an option of the meta-actions"):
         make_env("highway", actions="continuous", brake_room=5)
+
+
+def test_the_wide_view_shows_far_ahead_and_the_lane_state_reads_the_road():
+    """image_width / centering widen the frame along the road; `state: lanes` gives per lane the gap to the nearest car
+    ahead and behind (capped at the frame's edges) and how fast it closes, as highway-env's road has them."""
+    from omniplug.envs.highway import LANE_STATE, SPEED_SCALE
+
+    env = make_env("highway", mission="cruise", duration=5, image_size=40, image_width=160, view_metres=120,
+                   centering=0.2, state="lanes")
+    try:
+        assert (env.view_ahead, env.view_behind) == pytest.approx((96.0, 24.0))
+        for seed in (3, 4):
+            obs = env.reset(seed)
+            assert obs.image.shape == (40, 160, 3) and obs.state.shape == (len(LANE_STATE),)
+            state = dict(zip(LANE_STATE, obs.state))
+            ego, road = env.ego, env.road
+            front, rear = road.neighbour_vehicles(ego, ego.lane_index)
+            gap = min(front.position[0] - ego.position[0], 96.0) if front is not None else 96.0
+            assert state["own_exists"] == 1.0 and state["own_gap_ahead"] == pytest.approx(gap, abs=1e-3)
+            if front is not None and gap < 96.0:
+                assert state["own_closing_ahead"] == pytest.approx(ego.speed - front.speed, abs=1e-3)
+            assert 0.0 <= state["own_gap_behind"] <= 24.0 and state["speed"] * SPEED_SCALE == pytest.approx(ego.speed)
+            lane = ego.lane_index[2]  # 3 lanes: a side lane that is not there reads as gaps 0
+            assert state["left_exists"] == float(lane > 0) and state["right_exists"] == float(lane < 2)
+            if lane == 0:
+                assert state["left_gap_ahead"] == 0.0
+            obs = env.step(1).observation
+            assert obs.state.shape == (len(LANE_STATE),)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="centering is where the ego car sits"):
+        make_env("highway", centering=1.5)
+    with pytest.raises(ValueError, match="key 'state' must be"):
+        make_env("highway", state="pixels")
+    with pytest.raises(ValueError, match="image_width is pixels"):
+        make_env("highway", image_width=4)
+
+
+def test_wide_frames_stack_one_above_the_other_in_a_rollout_gif(tmp_path):
+    from omniplug.envs.rollout import write_gif
+
+    wide = [[np.zeros((40, 160, 3), np.uint8)] * 3, [np.zeros((40, 160, 3), np.uint8)] * 2]
+    square = [[np.zeros((64, 64, 3), np.uint8)] * 3] * 2
+    assert Image.open(write_gif(wide, tmp_path / "w.gif", scale=1)).size == (160, 84)
+    assert Image.open(write_gif(square, tmp_path / "s.gif", scale=1)).size == (132, 64)

@@ -211,3 +211,31 @@ def test_a_reader_standardised_like_another_can_replace_it(tmp_path):
     with pytest.raises(ValueError, match="reads 2 state dimensions from 64 px frames, these demonstrations have 3 "
                                          "at 32 px"):
         train_state_reader(wide, tmp_path / "x", steps=1, val_episodes=1, image_size=32, standardise_like=first.out)
+
+
+def test_a_reader_reads_frames_that_are_not_square(tmp_path):
+    """Frames wider than high (highway's wide view) keep their size by default: the reader and the encoder read
+    (N, 3, H, W) pixels, and a square input is refused with the shape it expected."""
+    from omniplug.actions.state_reader import train_state_reader
+    from omniplug.encoders.state import StateEncoder
+
+    torch.set_num_threads(1)
+    demos = _dot_episodes(tmp_path / "demos", episodes=8, steps=5, size=32)
+    wide = tmp_path / "wide"  # the same episodes stretched to 16 x 48
+    from omniplug.actions.episodes import EpisodeWriter
+
+    writer = EpisodeWriter(wide, env="synthetic-dot", action_space=ActionSpace(kind="continuous", dim=2,
+                                                                               low=(-1.0, -1.0), high=(1.0, 1.0)))
+    for record in read_index(str(demos)):
+        e = read_episode(str(demos), record)
+        frames = np.stack([np.asarray(Image.fromarray(f).resize((48, 16))) for f in e.frames])
+        writer.add(Episode(frames=frames, actions=e.actions, rewards=e.rewards, instruction=e.instruction,
+                           seed=e.seed, success=True, states=e.states))
+    writer.close()
+    report = train_state_reader(wide, tmp_path / "reader", steps=5, val_episodes=2, width=8)
+    enc = StateEncoder(reader=str(report.out), dim=8)
+    assert (enc.image_size, enc.image_width) == (16, 48)
+    pixels = enc.preprocess([Image.new("RGB", (160, 40))])
+    assert pixels.shape == (1, 3, 16, 48) and enc(pixels).tokens.shape == (1, 1, 8)
+    with pytest.raises(ValueError, match=r"expects \(N, 3, 16, 48\)"):
+        enc(torch.zeros(1, 3, 16, 16))

@@ -45,7 +45,8 @@ class ReaderReport:
 
 
 def load_states(data_dir: str | Path | list[str | Path], split: str, *, val_episodes: int,
-                max_episodes: int | None, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                max_episodes: int | None, image_size: int,
+                image_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames as pixels and their states, from one folder or several (``split`` of each; ``max_episodes`` per
     folder)."""
     dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
@@ -61,7 +62,7 @@ def load_states(data_dir: str | Path | list[str | Path], split: str, *, val_epis
             frames.extend(Image.fromarray(f) for f in episode.frames)
             states.append(episode.states)
         if frames:  # converted folder by folder: only pixels stay in memory
-            pixels.append(to_pixels(frames, image_size))
+            pixels.append(to_pixels(frames, image_size, width=image_width))
     if not pixels:
         raise ValueError(f"no episodes in the {split!r} split of {', '.join(map(str, dirs))} "
                          f"(val_episodes={val_episodes})")
@@ -72,24 +73,47 @@ def load_states(data_dir: str | Path | list[str | Path], split: str, *, val_epis
     return torch.cat(pixels), torch.from_numpy(np.concatenate(states).astype(np.float32))
 
 
+def _px(height: int, width: int | None) -> str:
+    return f"{height} px" if width is None else f"{height} x {width} px"
+
+
+def _frame_size(data_dir: str | Path | list[str | Path]) -> tuple[int, int | None]:
+    """(64, None) for square frames; (height, width) of the first folder's first frame otherwise."""
+    folder = data_dir if isinstance(data_dir, (str, Path)) else list(data_dir)[0]
+    records = read_index(folder)
+    if not records:
+        raise ValueError(f"{folder} holds no episodes")
+    height, width = read_episode(folder, records[0]).frames.shape[1:3]
+    if height == width:
+        return 64, None
+    if height % 8 or width % 8:
+        raise ValueError(f"the frames in {folder} are {height} x {width} px: a reader needs both divisible by 8 "
+                         f"(collect them with such a size, e.g. highway's image_size / image_width)")
+    return int(height), int(width)
+
+
 def train_state_reader(data_dir: str | Path | list[str | Path], out: str | Path, *, steps: int = 3000, batch_size: int = 64,
                        lr: float = 1e-3, val_episodes: int = 20, max_episodes: int | None = None, seed: int = 0,
-                       image_size: int = 64, width: int = 64,
+                       image_size: int | None = None, image_width: int | None = None, width: int = 64,
                        standardise_like: str | Path | None = None) -> ReaderReport:
+    """``image_size`` / ``image_width``: the pixels the reader reads; by default 64 x 64 for square frames and the
+    frames' own size for others (a wide view squeezed square would lose the cars far ahead)."""
     torch.manual_seed(seed)
     start = time.perf_counter()
+    if image_size is None:
+        image_size, image_width = _frame_size(data_dir)
     pixels, states = load_states(data_dir, "train", val_episodes=val_episodes, max_episodes=max_episodes,
-                                 image_size=image_size)
+                                 image_size=image_size, image_width=image_width)
     mean, std = states.mean(0), states.std(0).clamp_min(1e-6)
     if standardise_like is not None:
         like = StateReader.load(standardise_like).config
-        if like.state_dim != states.shape[1] or like.image_size != image_size:
+        if like.state_dim != states.shape[1] or (like.image_size, like.image_width) != (image_size, image_width):
             raise ValueError(f"standardise_like: the reader in {standardise_like} reads {like.state_dim} state "
-                             f"dimensions from {like.image_size} px frames, these demonstrations have {states.shape[1]} at "
-                             f"{image_size} px")
+                             f"dimensions from {_px(like.image_size, like.image_width)} frames, these demonstrations "
+                             f"have {states.shape[1]} at {_px(image_size, image_width)}")
         mean, std = torch.tensor(like.mean), torch.tensor(like.std).clamp_min(1e-6)
     reader = StateReader(StateReaderConfig(state_dim=states.shape[1], image_size=image_size, width=width,
-                                           mean=mean.tolist(), std=std.tolist()))
+                                           mean=mean.tolist(), std=std.tolist(), image_width=image_width))
     target = reader.standardise(states)
     opt = torch.optim.AdamW(reader.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.01)
@@ -104,7 +128,7 @@ def train_state_reader(data_dir: str | Path | list[str | Path], out: str | Path,
     reader.eval()
     if val_episodes:
         val_pixels, val_states = load_states(data_dir, "val", val_episodes=val_episodes, max_episodes=None,
-                                             image_size=image_size)
+                                             image_size=image_size, image_width=image_width)
     else:
         val_pixels, val_states = pixels, states
     with torch.no_grad():

@@ -17,15 +17,18 @@ from torch import Tensor, nn
 from omniplug.base import Encoder
 
 
-def to_pixels(images: list[Image.Image], image_size: int, resample: int = Image.BILINEAR) -> Tensor:
-    """PIL images -> (N, 3, image_size, image_size) floats in [0, 1] (no normalisation)."""
+def to_pixels(images: list[Image.Image], image_size: int, resample: int = Image.BILINEAR,
+              width: int | None = None) -> Tensor:
+    """PIL images -> (N, 3, image_size, width) floats in [0, 1] (no normalisation; ``width`` defaults to
+    ``image_size``: square)."""
     if not images:
         raise ValueError("preprocess() needs at least one image")
+    size = (width or image_size, image_size)  # PIL: (width, height)
     arrays = []
     for im in images:
         im = im.convert("RGB")
-        if im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), resample)
+        if im.size != size:
+            im = im.resize(size, resample)
         arrays.append(np.asarray(im, dtype=np.float32) / 255.0)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
@@ -60,7 +63,8 @@ class PerceptionEncoder(Encoder):
 
     net_name: str = "net"
     frozen_net: bool = False
-    image_size: int
+    image_size: int  # pixels high (and wide, unless image_width says otherwise)
+    image_width: int | None = None
 
     def requires_grad_(self, requires_grad: bool = True) -> "PerceptionEncoder":
         super().requires_grad_(requires_grad)
@@ -69,8 +73,9 @@ class PerceptionEncoder(Encoder):
         return self
 
     def perceive(self, pixel_values: Tensor) -> Any:
-        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, self.image_size, self.image_size):
-            raise ValueError(f"encoder {type(self).__name__} expects (N, 3, {self.image_size}, {self.image_size}) "
+        width = self.image_width or self.image_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, self.image_size, width):
+            raise ValueError(f"encoder {type(self).__name__} expects (N, 3, {self.image_size}, {width}) "
                              f"pixels, got {tuple(pixel_values.shape)}")
         net = getattr(self, self.net_name)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_net):

@@ -40,15 +40,16 @@ from omniplug.types import ImageFeatures
 @dataclass
 class StateReaderConfig:
     state_dim: int
-    image_size: int = 64
-    width: int = 64
+    image_size: int = 64  # pixels high (and wide unless image_width is given)
+    width: int = 64  # convolution channels
     mean: list[float] = field(default_factory=list)  # of the training states: the reader predicts (s - mean) / std
     std: list[float] = field(default_factory=list)
+    image_width: int | None = None  # pixels wide, for frames that are not square (highway's wide view)
 
     def __post_init__(self) -> None:
-        if self.state_dim < 1 or self.image_size % 8:
-            raise ValueError(f"a state reader needs state_dim >= 1 and image_size divisible by 8, got "
-                             f"{self.state_dim}, {self.image_size}")
+        if self.state_dim < 1 or self.image_size % 8 or (self.image_width or 8) % 8:
+            raise ValueError(f"a state reader needs state_dim >= 1 and an image size divisible by 8, got "
+                             f"{self.state_dim}, {self.image_size} x {self.image_width or self.image_size}")
         self.mean = list(self.mean) or [0.0] * self.state_dim
         self.std = list(self.std) or [1.0] * self.state_dim
         if len(self.mean) != self.state_dim or len(self.std) != self.state_dim:
@@ -56,17 +57,17 @@ class StateReaderConfig:
 
 
 class StateReader(nn.Module):
-    """Pixels (N, 3, S, S) in [0, 1] -> standardised state estimates (N, K): three strided convolutions, then
+    """Pixels (N, 3, H, W) in [0, 1] -> standardised state estimates (N, K): three strided convolutions, then
     an MLP over the flattened map (measured better than spatial-softmax keypoints on Reacher at this budget)."""
 
     def __init__(self, config: StateReaderConfig) -> None:
         super().__init__()
         self.config = config
         w = config.width
-        side = config.image_size // 8
+        cells = (config.image_size // 8) * ((config.image_width or config.image_size) // 8)
         self.body = nn.Sequential(
             nn.Conv2d(3, w // 2, 5, 2, 2), nn.GELU(), nn.Conv2d(w // 2, w, 3, 2, 1), nn.GELU(),
-            nn.Conv2d(w, w, 3, 2, 1), nn.GELU(), nn.Flatten(), nn.Linear(w * side * side, 256), nn.GELU(),
+            nn.Conv2d(w, w, 3, 2, 1), nn.GELU(), nn.Flatten(), nn.Linear(w * cells, 256), nn.GELU(),
             nn.Linear(256, config.state_dim))
 
     def forward(self, pixels: Tensor) -> Tensor:
@@ -102,7 +103,7 @@ class StateEncoder(PerceptionEncoder):
         self.reader = (StateReader(StateReaderConfig(state_dim=state_dim, image_size=image_size)) if reader is None
                        else StateReader.load(reader))
         self.net_name, self.freeze, self.frozen_net = "reader", freeze, freeze_reader and reader is not None
-        self.image_size = self.reader.config.image_size
+        self.image_size, self.image_width = self.reader.config.image_size, self.reader.config.image_width
         if fourier < 0:
             raise ValueError(f"encoder state: fourier (frequency bands) must be >= 0, got {fourier}")
         self.register_buffer("bands", torch.pi * 2.0 ** torch.arange(fourier, dtype=torch.float32), persistent=False)
@@ -118,7 +119,7 @@ class StateEncoder(PerceptionEncoder):
         self.requires_grad_(True)
 
     def preprocess(self, images: list[Image.Image]) -> Tensor:
-        return to_pixels(images, self.image_size)
+        return to_pixels(images, self.image_size, width=self.image_width)
 
     def forward(self, pixel_values: Tensor) -> ImageFeatures:
         state = self.perceive(pixel_values) * self.keep  # a dropped dimension reads as the training mean (0)

@@ -1,11 +1,18 @@
 """``highway``: driving on highway-env's multi-lane motorway, with language missions and an IDM/MOBIL expert.
 
-Observation: a top-down frame that follows the ego car (``image_size`` px square, ``view_metres`` across; at
-the default 1.33 px/m highway-env draws every car as a dark outline, from 2 px/m on the ego car is green and the
-others blue), the mission as the instruction, and ``Observation.state``: highway-env's
-kinematics of the ego car and its 4 nearest neighbours (presence, x, y, vx, vy; relative to the ego car, scaled as
-highway-env scales them) followed by the ego speed and the cruise speed set by the meta-actions (both m/s / 40),
-stored with demonstrations for the ``state`` encoder.
+Observation: a top-down frame that follows the ego car (``image_size`` px high, ``image_width`` px wide, default
+square; ``view_metres`` across; the ego car ``centering`` of the width from the left, 0.3 by default; at the default
+1.33 px/m highway-env draws every car as a dark outline, from 2 px/m on the ego car is green and the others blue),
+the mission as the instruction, and ``Observation.state``, stored with demonstrations for the ``state`` encoder's
+reader: by default (``state: kinematics``) highway-env's kinematics of the ego car and its 4 nearest neighbours
+(presence, x, y, vx, vy; relative to the ego car, scaled as highway-env scales them) followed by the ego speed and
+the cruise speed set by the meta-actions (both m/s / 40); with ``state: lanes`` what the frame shows lane by lane
+(``LANE_STATE``: for the lanes left, own and right the gap to the nearest car ahead and behind within the frame and
+its closing speed, then the ego car's offset, heading, speed and set speed).
+
+The default square frame shows 34 m ahead, and the IDM expert brakes for a slower car 35-100 m ahead (95 % of its
+"slower" decisions on 400 episodes): an agent cannot see why. The wide view (``image_size=40 image_width=160
+view_metres=120 centering=0.2``: 96 m ahead, 24 m behind, 1.33 px/m) shows it; bench/actions/README.md.
 
 ``speedometer`` (default on) draws the dashboard into the bottom 4 rows of the frame: a yellow bar as long as the
 speed (10 → 35 m/s across the frame) and below it a white bar for the set cruise speed (15/20/25/30 m/s; none with
@@ -83,7 +90,8 @@ class HighwayEnv(Environment):
                  actions: Literal["meta", "continuous"] = "meta", image_size: int = 64, view_metres: float = 48.0,
                  lanes: int = 3, vehicles: int = 20, density: float = 1.0, duration: int = 30,
                  right_share: float = 0.8, speedometer: bool = True, decisions_per_second: int = 1,
-                 brake_room: float = 0.0) -> None:
+                 brake_room: float = 0.0, image_width: int | None = None, centering: float = 0.3,
+                 state: Literal["kinematics", "lanes"] = "kinematics") -> None:
         if mission != "random" and mission not in MISSIONS:
             raise ValueError(f"highway: unknown mission {mission!r}; choose random or one of {sorted(MISSIONS)}")
         if actions not in ("meta", "continuous"):
@@ -91,6 +99,14 @@ class HighwayEnv(Environment):
         if image_size < 16 or view_metres <= 0 or lanes < 2 or duration < 1 or not 0 < right_share <= 1:
             raise ValueError("highway: image_size >= 16, view_metres > 0, lanes >= 2, duration >= 1 and right_share "
                              "in (0, 1] are required")
+        image_width = image_size if image_width is None else image_width
+        if not isinstance(image_width, int) or image_width < 16:
+            raise ValueError(f"highway: image_width is pixels (>= 16; default image_size), got {image_width!r}")
+        if not 0.05 <= centering <= 0.95:
+            raise ValueError(f"highway: centering is where the ego car sits across the frame (0.05-0.95 of its width "
+                             f"from the left), got {centering!r}")
+        if state not in ("kinematics", "lanes"):
+            raise ValueError(f"highway: state must be 'kinematics' or 'lanes', got {state!r}")
         if not isinstance(brake_room, (int, float)) or isinstance(brake_room, bool) or brake_room < 0:
             raise ValueError(f"highway: brake_room is metres (>= 0; 0 = off), got {brake_room!r}")
         if brake_room and actions != "meta":
@@ -112,6 +128,8 @@ class HighwayEnv(Environment):
         self.speedometer = bool(speedometer)
         self.brake_room = float(brake_room)
         self.policy_hz = decisions_per_second if actions == "meta" else 5
+        self.state_kind = state
+        self.view_ahead, self.view_behind = (1.0 - centering) * view_metres, centering * view_metres  # metres
         self._horizon = 1.0 / self.policy_hz + 1.0  # seconds a lane change must leave room for
         config = {
             "observation": {"type": "Kinematics", "vehicles_count": 5, "features": ["presence", "x", "y", "vx", "vy"],
@@ -121,8 +139,8 @@ class HighwayEnv(Environment):
                        "steering_range": (-STEERING, STEERING)},
             "lanes_count": lanes, "vehicles_count": vehicles, "vehicles_density": density, "duration": duration,
             "simulation_frequency": 5 * self.policy_hz if actions == "meta" else 15, "policy_frequency": self.policy_hz,
-            "screen_width": image_size, "screen_height": image_size, "scaling": image_size / view_metres,
-            "centering_position": [0.3, 0.5], "offscreen_rendering": True, "render_agent": True,
+            "screen_width": image_width, "screen_height": image_size, "scaling": image_width / view_metres,
+            "centering_position": [centering, 0.5], "offscreen_rendering": True, "render_agent": True,
         }
         self._env = gym.make("highway-fast-v0", render_mode="rgb_array", config=config)
         self.max_steps = duration * self.policy_hz
@@ -191,9 +209,38 @@ class HighwayEnv(Environment):
         return float(ego.target_speeds[ego.speed_index]) if self.actions == "meta" else None
 
     def state(self) -> np.ndarray:
+        if self.state_kind == "lanes":
+            return self.lane_state()
         kinematics = np.asarray(self._kinematics, dtype=np.float32).reshape(-1)
         dashboard = np.array([self.ego.speed, self.set_speed() or 0.0], dtype=np.float32) / SPEED_SCALE
         return np.concatenate([kinematics, dashboard])
+
+    def lane_state(self) -> np.ndarray:
+        """What the frame shows, lane by lane (``state: lanes``; ``LANE_STATE`` names the entries): for the lane left of
+        the ego car, its own and the one right of it, whether it exists, the gap to the nearest car ahead in it and how
+        fast that car closes in, the same for the nearest car behind; then the ego car's offset from its lane's centre,
+        its heading, speed and set speed. Gaps are metres between the cars' centres along the road, capped at the
+        frame's edge (``view_ahead`` / ``view_behind``: a car beyond it reads as none there, closing speed 0); a
+        missing lane reads as gaps 0."""
+        ego, road = self.ego, self.road
+        lanes = road.network.all_side_lanes(ego.lane_index)
+        values: list[float] = []
+        for side in (-1, 0, 1):
+            index = ego.lane_index[2] + side
+            if not 0 <= index < len(lanes):
+                values += [0.0, 0.0, 0.0, 0.0, 0.0]
+                continue
+            front, rear = road.neighbour_vehicles(ego, (ego.lane_index[0], ego.lane_index[1], index))
+            gap_front = np.inf if front is None else float(front.position[0] - ego.position[0])
+            gap_rear = np.inf if rear is None else float(ego.position[0] - rear.position[0])
+            seen_front, seen_rear = gap_front <= self.view_ahead, gap_rear <= self.view_behind
+            values += [1.0, min(gap_front, self.view_ahead), float(ego.speed - front.speed) if seen_front else 0.0,
+                       min(gap_rear, self.view_behind), float(rear.speed - ego.speed) if seen_rear else 0.0]
+        lane = road.network.get_lane(ego.lane_index)
+        offset = float(lane.local_coordinates(ego.position)[1])
+        heading = float(ego.heading - lane.heading_at(lane.local_coordinates(ego.position)[0]))
+        values += [offset, heading, float(ego.speed) / SPEED_SCALE, (self.set_speed() or 0.0) / SPEED_SCALE]
+        return np.asarray(values, dtype=np.float32)
 
     def rightmost(self) -> bool:
         return self.ego.lane_index[2] == len(self.road.network.all_side_lanes(self.ego.lane_index)) - 1
@@ -351,6 +398,11 @@ class HighwayEnv(Environment):
 # other car was involved
 CRASH_KINDS = ("into_ahead", "from_behind", "side", "off_road")
 SPEED_SCALE = 40.0  # m/s per unit of the state's dashboard entries
+# the entries of `state: lanes` (HighwayEnv.lane_state), in order: metres, m/s (closing: positive when the gap shrinks),
+# radians, speeds / SPEED_SCALE
+LANE_STATE = tuple(f"{lane}_{what}" for lane in ("left", "own", "right") for what in
+                   ("exists", "gap_ahead", "closing_ahead", "gap_behind", "closing_behind")) + \
+    ("offset", "heading", "speed", "set_speed")
 # what one unit of the state's kinematics is (highway-env's `normalize`: x in +-5, vx / vy in +-2 times
 # Vehicle.MAX_SPEED = 40 m/s, y in +-4 m per lane of the road); tests/test_driving.py checks them against the road
 X_METRES = 200.0

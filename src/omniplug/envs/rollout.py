@@ -306,16 +306,22 @@ def _border(image: np.ndarray, success: bool, width: int = 2) -> np.ndarray:
 
 
 def write_gif(episodes: list[list[np.ndarray]], path: str | Path, *, scale: int = 3, ms_per_frame: int = 120) -> Path:
-    """Episodes side by side (shorter ones hold their last frame), scaled up ``scale`` times."""
+    """Episodes side by side (frames at least twice as wide as high, a road ahead: one above the other; shorter ones
+    hold their last frame), scaled up ``scale`` times."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     length = max(len(f) for f in episodes) + 4  # hold the final frames a moment
     h = max(f[0].shape[0] for f in episodes)
+    w = max(f[0].shape[1] for f in episodes)
+    stacked = w >= 2 * h
     tiles = []
     for t in range(length):
         row = [ep[min(t, len(ep) - 1)] for ep in episodes]
-        row = [np.pad(im, ((0, h - im.shape[0]), (0, 2), (0, 0)), constant_values=255) for im in row]
-        tiles.append(Image.fromarray(np.concatenate(row, axis=1)))
+        if stacked:
+            row = [np.pad(im, ((0, 2), (0, w - im.shape[1]), (0, 0)), constant_values=255) for im in row]
+        else:
+            row = [np.pad(im, ((0, h - im.shape[0]), (0, 2), (0, 0)), constant_values=255) for im in row]
+        tiles.append(Image.fromarray(np.concatenate(row, axis=0 if stacked else 1)))
     if scale > 1:
         tiles = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in tiles]
     tiles[0].save(path, save_all=True, append_images=tiles[1:], duration=ms_per_frame, loop=0)
