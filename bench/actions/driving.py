@@ -6,7 +6,8 @@
     python bench/actions/driving.py --agent bc=RUN1 --agent dagger1=RUN2 ...   # several trained runs side by side
 
 ``--agent NAME=RUN`` rolls out a training run with the config it saved (``RUN/config.yaml``: its adapter, frame
-history and ``reasoning``), its final weights; GIFs are written for the last agent named. ``--ensemble
+history and ``reasoning``, the environment options it was trained in), its final weights (``NAME=CONFIG.yaml``: a
+config and the weights it names, e.g. the shipped agent); GIFs are written for the last agent named. ``--ensemble
 NAME=RUN1,RUN2,...`` rolls out runs that vote at every decision (``EnsemblePolicy``), next to the shipped agent.
 
 Issue 26's goals: collisions <= the expert's + 0.02, mission success >= 0.90 of the expert's.
@@ -59,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         agents = {}
         for item in args.agent:
             name, sep, run = item.partition("=")
+            if sep and run.endswith(".yaml") and Path(run).is_file():  # a config with its own weights (the shipped one)
+                agents[name] = (run, list(args.overrides))
+                continue
             if not sep or not (Path(run) / "config.yaml").is_file():
-                p.error(f"--agent {item!r}: give NAME=RUN, RUN a training run folder with config.yaml")
+                p.error(f"--agent {item!r}: give NAME=RUN, RUN a training run folder with config.yaml (or NAME=CONFIG.yaml)")
             agents[name] = (str(Path(run) / "config.yaml"), [*args.overrides, f"one_model.weights={run}"])
     for item in args.ensemble:
         name, sep, runs = item.partition("=")
@@ -103,12 +107,14 @@ def _mission(mission: str, *, agents: dict, episodes: int, seed: int, threads: i
     for name, spec in agents.items():
         if isinstance(spec, list):  # an ensemble: the runs vote
             policy = EnsemblePolicy([model_policy(config, agent_overrides) for config, agent_overrides in spec])
-            rows[name] = evaluate(policy, "highway", episodes=episodes, seed=seed, env_options=options,
+            rows[name] = evaluate(policy, "highway", episodes=episodes, seed=seed,
+                                  env_options=_agent_options(*spec[0], options),
                                   gif=here / f"{stem}_{mission}" / "rollouts.gif")
             continue
         config, agent_overrides = spec
         rows[name] = evaluate_config(config, agent_overrides, env="highway", episodes=episodes, seed=seed,
-                                     env_options=options, out_dir=here / f"{stem}_{mission}")
+                                     env_options=_agent_options(config, agent_overrides, options),
+                                     out_dir=here / f"{stem}_{mission}")
     gif = here / f"{stem}_{mission}" / "rollouts.gif"
     if gif.is_file():
         gif.replace(here / f"{stem}_{mission}.gif")
@@ -116,6 +122,15 @@ def _mission(mission: str, *, agents: dict, episodes: int, seed: int, threads: i
     table = {name: {k: r.summary().get(k) for k in KEYS} for name, r in rows.items()}
     print(mission, json.dumps(table), flush=True)
     return table
+
+
+def _agent_options(config: str, overrides: list[str], options: dict) -> dict:
+    """The environment options the agent was trained in (its config's env.options: a view, a state, brake_room) with
+    the mission's on top: the same roads, seed for seed, as the expert's and the blind baseline's."""
+    from omniplug.config import load_config
+    from omniplug.envs.base import env_for
+
+    return env_for(load_config(config, overrides), "highway", options)[1]
 
 
 if __name__ == "__main__":

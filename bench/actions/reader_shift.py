@@ -13,6 +13,9 @@ consecutive frames. Units from ``omniplug.envs.highway`` (x: 200 m, vx: 80 m/s p
     python bench/actions/reader_shift.py --reader configs/driving/reader --reader $D/reader3 --data $D/expert_b \\
         --data $D/agent_b --data $D/const_idle --data $D/const_faster --data $D/r3round_a --data $D/r3round_b \\
         --episodes 40 --out bench/actions/reader_shift.json
+
+A reader of the wide view's ``state: lanes`` is measured on its gap to the car ahead in the ego lane, per gap
+(``measure_lanes``; reader_shift_wide.json).
 """
 
 from __future__ import annotations
@@ -90,6 +93,46 @@ def measure(reader: StateReader, folder: str, episodes: int, *, dt: float) -> di
             "closing_speed_mae_two_frames_ms": round(float(np.mean(diff_err)), 2) if diff_err else None}
 
 
+LANE_GAP_BINS = ((0.0, 10.0), (10.0, 25.0), (25.0, 50.0), (50.0, 96.0))
+
+
+def measure_lanes(reader: StateReader, folder: str, episodes: int, *, dt: float) -> dict:
+    """The same question for a reader of ``state: lanes`` (the wide view): per gap to the car ahead in the ego lane,
+    the share of frames whose estimated gap is more than MISS_M off, the median error, and the closing speed the
+    change of two consecutive estimates gives."""
+    from omniplug.envs.highway import LANE_STATE
+
+    frames, states, starts = [], [], []
+    for record in read_index(folder)[-episodes:]:
+        episode = read_episode(folder, record)
+        starts.append(len(frames))
+        frames += [Image.fromarray(f) for f in episode.frames]
+        states.append(episode.states)
+    truth = np.concatenate(states)
+    mean, std = np.array(reader.config.mean), np.array(reader.config.std)
+    with torch.no_grad():
+        pixels = to_pixels(frames, reader.config.image_size, width=reader.config.image_width)
+        estimate = torch.cat([reader(pixels[i: i + 512]) for i in range(0, len(pixels), 512)]).numpy() * std + mean
+    gap, closing = LANE_STATE.index("own_gap_ahead"), LANE_STATE.index("own_closing_ahead")
+    true_gap, est_gap = truth[:, gap], estimate[:, gap]
+    err = np.abs(est_gap - true_gap)
+    first = np.zeros(len(truth), bool)
+    first[starts] = True
+    two_frames = np.full(len(truth), np.nan)  # the gap's change over one decision, as closing speed
+    two_frames[1:] = (est_gap[:-1] - est_gap[1:]) / dt
+    two_frames[first] = np.nan
+    by_gap = {}
+    for lo, hi in LANE_GAP_BINS:
+        sel = (true_gap >= lo) & (true_gap < hi)
+        pair = sel & ~np.isnan(two_frames)
+        by_gap[f"{lo:g}-{hi:g} m"] = {
+            "frames": int(sel.sum()), "missed": round(float((err[sel] > MISS_M).mean()), 3) if sel.any() else None,
+            "gap_median_error_m": round(float(np.median(err[sel])), 2) if sel.any() else None,
+            "closing_speed_mae_two_frames_ms": round(float(np.abs(two_frames[pair] - truth[pair, closing]).mean()), 2)
+            if pair.any() else None}
+    return {"frames": int(len(truth)), "gap_ahead_mae_m": round(float(err.mean()), 2), "by_gap": by_gap}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reader", action="append", required=True, help="a reader folder (repeatable)")
@@ -103,7 +146,8 @@ def main() -> None:
     table = {}
     for path in args.reader:
         reader = StateReader.load(path).eval()
-        table[path] = {Path(d).name: measure(reader, d, args.episodes, dt=args.dt) for d in args.data}
+        how = measure_lanes if reader.config.state_dim == 19 else measure  # 19: highway's `state: lanes`
+        table[path] = {Path(d).name: how(reader, d, args.episodes, dt=args.dt) for d in args.data}
         for name, row in table[path].items():
             print(path, name, json.dumps(row), flush=True)
     Path(args.out).write_text(json.dumps({"episodes": args.episodes, "readers": table}, indent=1) + "\n")
