@@ -268,7 +268,15 @@ def test_dagger_collection_lets_the_policy_drive_and_the_expert_label(tiny_dir, 
     assert "need a model config (-c)" in capsys.readouterr().err
     assert main(["demos", "collect", "--env", "babyai-gotolocal", "--episodes", "1", "--out", str(tmp_path / "x"),
                  "--expert-share", "0.5"]) == 2
-    assert "--expert-share need a model config (-c)" in capsys.readouterr().err
+    assert "--expert-share needs a driver besides the expert" in capsys.readouterr().err
+    # a constant action drives, the expert takes half the steps and labels every one
+    out = tmp_path / "forward"
+    assert main(["demos", "collect", "--env", "babyai-gotolocal", "--episodes", "2", "--out", str(out), "--option",
+                 "max_steps=4", "--constant", "forward", "--expert-share", "0.5"]) == 0
+    assert "policy success" in capsys.readouterr().out and len(read_index(out)) == 2
+    assert main(["demos", "collect", "--env", "babyai-gotolocal", "--episodes", "1", "--out", str(tmp_path / "z"),
+                 "--constant", "jump"]) == 2
+    assert "constant action 'jump' is not one of" in capsys.readouterr().err and not (tmp_path / "z").exists()
     # a policy of another action space (continuous bins on BabyAI's 7 actions): refused before anything is written
     assert main(["demos", "collect", "--env", "babyai-gotolocal", "--episodes", "1", "--out", str(tmp_path / "y"),
                  "-c", str(tiny_dir / "act.yaml"), "one_model.decoder=act_bins_tiny"]) == 2

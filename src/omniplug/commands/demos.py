@@ -28,8 +28,12 @@ def _args(p: argparse.ArgumentParser) -> None:
     c.add_argument("-c", "--config", help="DAgger: this model drives and the expert labels every step (the states "
                                           "the policy's own mistakes reach); give its weights as an override")
     c.add_argument("overrides", nargs="*", help="with -c: config key=value overrides, e.g. one_model.weights=RUN")
+    c.add_argument("--constant", metavar="ACTION", help="a constant action drives instead of a model (a name/index, or D "
+                                                         "comma floats), the expert labelling every step: with "
+                                                         "--expert-share, the states a learner drifts into (highway: "
+                                                         "`faster` runs up to the car ahead)")
     c.add_argument("--expert-share", type=float, default=0.0,
-                   help="with -c: share of the steps the expert drives instead (DAgger's beta; default 0)")
+                   help="with -c or --constant: share of the steps the expert drives instead (DAgger's beta; default 0)")
     i = sub.add_parser("info", help="summarise a demonstrations directory")
     i.add_argument("dir")
     pa = sub.add_parser("parser", help="train the `cells` encoder's parser on demonstrations with symbolic grids")
@@ -81,8 +85,23 @@ def _run(args: argparse.Namespace) -> int:
             config = load_config(args.config, args.overrides)
             env, options = env_for(config, env, options)
             policy = model_policy(config)
-        elif args.overrides or args.expert_share:
-            raise ValueError(f"overrides {args.overrides} and --expert-share need a model config (-c) to apply to")
+            if args.constant:
+                raise ValueError("give a model config (-c) or a constant action (--constant), not both")
+        elif args.overrides:
+            raise ValueError(f"overrides {args.overrides} need a model config (-c) to apply to")
+        elif args.constant:
+            from omniplug.envs.base import make_env
+            from omniplug.envs.rollout import ConstantPolicy
+
+            if env is None:
+                raise ValueError("name the environment the constant action drives in: --env (e.g. highway)")
+            probe = make_env(env, **options)
+            try:
+                policy = ConstantPolicy(args.constant, probe.action_space)
+            finally:
+                probe.close()
+        elif args.expert_share:
+            raise ValueError("--expert-share needs a driver besides the expert: a model config (-c) or --constant")
         elif env is None:
             raise ValueError("name the environment whose expert to record: --env (e.g. highway, babyai-gotolocal)")
         report = collect_demos(env, episodes=args.episodes, out=args.out, seed=args.seed, env_options=options,
