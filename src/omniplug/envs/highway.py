@@ -10,8 +10,8 @@ the cruise speed set by the meta-actions (both m/s / 40); with ``state: lanes`` 
 (``LANE_STATE``: for the lanes left, own and right the gap to the nearest car ahead and behind within the frame and
 its closing speed, then the ego car's offset, heading, speed and set speed).
 
-The default square frame shows 34 m ahead, and the IDM expert brakes for a slower car 35-100 m ahead (95 % of its
-"slower" decisions on 400 episodes): an agent cannot see why. The wide view (``image_size=40 image_width=160
+The default square frame shows 34 m ahead, and the IDM expert brakes for a slower car 35-100 m ahead (2,270 of its
+2,521 "slower" decisions on 400 episodes, 90 %): an agent cannot see why. The wide view (``image_size=40 image_width=160
 view_metres=120 centering=0.2``: 96 m ahead, 24 m behind, 1.33 px/m) shows it; bench/actions/README.md.
 
 ``speedometer`` (default on) draws the dashboard into the bottom 4 rows of the frame: a yellow bar as long as the
