@@ -9,7 +9,7 @@ more than 10 m off — and how fast that car closes in (m/s): the reader's own e
 speed from one frame, and the best an agent given two frames could do, the change of the estimated gap between
 consecutive frames. Units from ``omniplug.envs.highway`` (x: 200 m, vx: 80 m/s per unit; checked by the tests).
 
-    D=data/driving   # reader_shift.json: the shipped reader and reader3 (bench/actions/README.md)
+    D=data/driving   # reader_shift.json: the square view's reader (git show cd93cb9:configs/driving/reader/...) and reader3
     python bench/actions/reader_shift.py --reader configs/driving/reader --reader $D/reader3 --data $D/expert_b \\
         --data $D/agent_b --data $D/const_idle --data $D/const_faster --data $D/r3round_a --data $D/r3round_b \\
         --episodes 40 --out bench/actions/reader_shift.json
