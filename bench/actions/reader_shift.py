@@ -45,18 +45,24 @@ def _nearest_ahead(rows: np.ndarray) -> tuple[float, float] | None:
     return min(((float(r[1]), float(r[3])) for r in ahead), default=None)
 
 
-def measure(reader: StateReader, folder: str, episodes: int, *, dt: float) -> dict:
+def _read(reader: StateReader, folder: str, episodes: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The stored states of the last ``episodes`` episodes, the reader's estimates of them (state units) and where
+    each episode starts."""
     frames, states, starts = [], [], []
     for record in read_index(folder)[-episodes:]:
         episode = read_episode(folder, record)
         starts.append(len(frames))
         frames += [Image.fromarray(f) for f in episode.frames]
         states.append(episode.states)
-    truth = np.concatenate(states)
     mean, std = np.array(reader.config.mean), np.array(reader.config.std)
     with torch.no_grad():
-        pixels = to_pixels(frames, reader.config.image_size)
+        pixels = to_pixels(frames, reader.config.image_size, width=reader.config.image_width)
         estimate = torch.cat([reader(pixels[i: i + 512]) for i in range(0, len(pixels), 512)]).numpy() * std + mean
+    return np.concatenate(states), estimate, starts
+
+
+def measure(reader: StateReader, folder: str, episodes: int, *, dt: float) -> dict:
+    truth, estimate, starts = _read(reader, folder, episodes)
     true, est = truth[:, :25].reshape(-1, 5, 5)[:, 1:], estimate[:, :25].reshape(-1, 5, 5)[:, 1:]  # the 4 others
     present = true[..., 0] > 0.5
     close = present & (np.abs(true[..., 2]) < SAME_LANE) & (true[..., 1] > 0) & (true[..., 1] < AHEAD)
@@ -102,17 +108,7 @@ def measure_lanes(reader: StateReader, folder: str, episodes: int, *, dt: float)
     change of two consecutive estimates gives."""
     from omniplug.envs.highway import LANE_STATE
 
-    frames, states, starts = [], [], []
-    for record in read_index(folder)[-episodes:]:
-        episode = read_episode(folder, record)
-        starts.append(len(frames))
-        frames += [Image.fromarray(f) for f in episode.frames]
-        states.append(episode.states)
-    truth = np.concatenate(states)
-    mean, std = np.array(reader.config.mean), np.array(reader.config.std)
-    with torch.no_grad():
-        pixels = to_pixels(frames, reader.config.image_size, width=reader.config.image_width)
-        estimate = torch.cat([reader(pixels[i: i + 512]) for i in range(0, len(pixels), 512)]).numpy() * std + mean
+    truth, estimate, starts = _read(reader, folder, episodes)
     gap, closing = LANE_STATE.index("own_gap_ahead"), LANE_STATE.index("own_closing_ahead")
     true_gap, est_gap = truth[:, gap], estimate[:, gap]
     err = np.abs(est_gap - true_gap)
