@@ -313,3 +313,25 @@ def test_wide_frames_stack_one_above_the_other_in_a_rollout_gif(tmp_path):
     square = [[np.zeros((64, 64, 3), np.uint8)] * 3] * 2
     assert Image.open(write_gif(wide, tmp_path / "w.gif", scale=1)).size == (160, 84)
     assert Image.open(write_gif(square, tmp_path / "s.gif", scale=1)).size == (132, 64)
+
+
+def test_rollout_gifs_box_the_ego_car_and_the_policy_never_sees_the_box(tmp_path):
+    from omniplug.envs.rollout import ConstantPolicy, evaluate
+
+    env = make_env("highway", mission="cruise", duration=3, image_size=40, image_width=160, view_metres=120,
+                   centering=0.2)
+    try:
+        obs = env.reset(3)
+        shown = env.show(obs.image)
+        green = (shown[..., 1] == 220) & (shown[..., 0] == 40)
+        ys, xs = np.nonzero(green)
+        assert green.any() and not ((obs.image[..., 1] == 220) & (obs.image[..., 0] == 40)).any()
+        assert abs(xs.mean() - 0.2 * 160) < 2 and abs(ys.mean() - 20) < 2  # around the ego car
+        policy = ConstantPolicy("idle", env.action_space)
+    finally:
+        env.close()
+    report = evaluate(policy, "highway", episodes=1, seed=3, gif=tmp_path / "r.gif", gif_scale=1,
+                      env_options={"mission": "cruise", "duration": 3, "image_size": 40, "image_width": 160,
+                                   "view_metres": 120, "centering": 0.2})
+    first = np.asarray(Image.open(report.gif).convert("RGB"))
+    assert ((first[..., 1] > 200) & (first[..., 0] < 80) & (first[..., 2] < 80)).any()

@@ -70,6 +70,11 @@ class Environment(ABC):
         (driving: "the car ahead is close: slow down"); stored with demonstrations for ``reasoning: narrate``."""
         return None
 
+    def show(self, image: np.ndarray) -> np.ndarray:
+        """The frame as a person watches it in rollout GIFs (the observation itself unless an environment marks
+        what the policy's frame leaves implicit, e.g. which car is the ego car); never what the policy sees."""
+        return image
+
     def episode_metrics(self) -> dict[str, float]:
         """Measures of the episode just ended beyond success and return (e.g. driving: crashed, mean speed,
         distance); ``omniplug eval --env`` reports their means. Default: none."""

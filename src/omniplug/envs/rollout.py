@@ -209,7 +209,7 @@ def evaluate(policy: Policy | str, env_name: str, *, episodes: int, seed: int = 
         obs[i] = envs[i].reset(s)
         slots[i] = {"seed": s, "ret": 0.0, "len": 0, "queue": deque(), "earlier": deque(maxlen=keep)}
         if s in gif_seeds:
-            frames[s] = [obs[i].image]
+            frames[s] = [envs[i].show(obs[i].image)]
 
     try:
         for i in range(len(envs)):
@@ -243,12 +243,12 @@ def evaluate(policy: Policy | str, env_name: str, *, episodes: int, seed: int = 
                 slot["ret"] += step.reward
                 slot["len"] += 1
                 if slot["seed"] in frames:
-                    frames[slot["seed"]].append(step.observation.image)
+                    frames[slot["seed"]].append(envs[i].show(step.observation.image))
                 if step.done or slot["len"] >= envs[i].max_steps:
                     results.append(EpisodeResult(seed=slot["seed"], success=bool(step.success), total_return=slot["ret"],
                                                  length=slot["len"], metrics=envs[i].episode_metrics()))
                     if slot["seed"] in frames:
-                        frames[slot["seed"]].append(_border(step.observation.image, step.success))
+                        frames[slot["seed"]].append(_border(envs[i].show(step.observation.image), step.success))
                     start_episode(i)
     finally:
         for env in envs:
