@@ -335,3 +335,34 @@ def test_rollout_gifs_box_the_ego_car_and_the_policy_never_sees_the_box(tmp_path
                                    "view_metres": 120, "centering": 0.2})
     first = np.asarray(Image.open(report.gif).convert("RGB"))
     assert ((first[..., 1] > 200) & (first[..., 0] < 80) & (first[..., 2] < 80)).any()
+
+
+def _bench_module(path: str, name: str):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_driving_bench_rolls_an_agent_out_in_its_own_view_and_measures_its_reader(tmp_path):
+    """bench/actions/driving.py gives an agent the env options of its config (the shipped agent's wide view) with
+    the mission on top; reader_shift.py measures a `state: lanes` reader on the gap ahead, per gap."""
+    from pathlib import Path
+
+    from omniplug.encoders.state import StateReader
+    from omniplug.envs.collect import collect_demos
+
+    root = Path(__file__).resolve().parents[1]
+    driving = _bench_module("bench/actions/driving.py", "driving_bench")
+    options = driving._agent_options(str(root / "configs/driving/highway.yaml"), [], {"mission": "cruise"})
+    assert options["mission"] == "cruise" and options["image_width"] == 160 and options["state"] == "lanes"
+    shift = _bench_module("bench/actions/reader_shift.py", "reader_shift_bench")
+    wide = {k: options[k] for k in ("image_size", "image_width", "view_metres", "centering", "state")}
+    collect_demos("highway", episodes=1, out=tmp_path / "d", seed=3, env_options={**wide, "duration": 4})
+    reader = StateReader.load(root / "configs/driving/reader").eval()
+    assert shift.how_to_measure(reader) is shift.measure_lanes
+    row = shift.measure_lanes(reader, str(tmp_path / "d"), 1, dt=1.0)
+    assert row["frames"] == 5 and set(row["by_gap"]) == {"0-10 m", "10-25 m", "25-50 m", "50-96 m"}

@@ -31,7 +31,7 @@ from PIL import Image
 from omniplug.actions.episodes import read_episode, read_index
 from omniplug.encoders._perception import to_pixels
 from omniplug.encoders.state import StateReader
-from omniplug.envs.highway import VX_METRES_PER_S, X_METRES
+from omniplug.envs.highway import LANE_STATE, VX_METRES_PER_S, X_METRES
 
 SAME_LANE = 2.0 / 12.0  # |normalised y| below half a lane (2 m; y: 12 m per unit on 3 lanes): the ego lane
 AHEAD = 25.0 / X_METRES  # within 25 m ahead
@@ -106,8 +106,6 @@ def measure_lanes(reader: StateReader, folder: str, episodes: int, *, dt: float)
     """The same question for a reader of ``state: lanes`` (the wide view): per gap to the car ahead in the ego lane,
     the share of frames whose estimated gap is more than MISS_M off, the median error, and the closing speed the
     change of two consecutive estimates gives."""
-    from omniplug.envs.highway import LANE_STATE
-
     truth, estimate, starts = _read(reader, folder, episodes)
     gap, closing = LANE_STATE.index("own_gap_ahead"), LANE_STATE.index("own_closing_ahead")
     true_gap, est_gap = truth[:, gap], estimate[:, gap]
@@ -129,6 +127,11 @@ def measure_lanes(reader: StateReader, folder: str, episodes: int, *, dt: float)
     return {"frames": int(len(truth)), "gap_ahead_mae_m": round(float(err.mean()), 2), "by_gap": by_gap}
 
 
+def how_to_measure(reader: StateReader):
+    """``measure_lanes`` for a reader of highway's ``state: lanes``, ``measure`` for one of its kinematics."""
+    return measure_lanes if reader.config.state_dim == len(LANE_STATE) else measure
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reader", action="append", required=True, help="a reader folder (repeatable)")
@@ -142,8 +145,7 @@ def main() -> None:
     table = {}
     for path in args.reader:
         reader = StateReader.load(path).eval()
-        how = measure_lanes if reader.config.state_dim == 19 else measure  # 19: highway's `state: lanes`
-        table[path] = {Path(d).name: how(reader, d, args.episodes, dt=args.dt) for d in args.data}
+        table[path] = {Path(d).name: how_to_measure(reader)(reader, d, args.episodes, dt=args.dt) for d in args.data}
         for name, row in table[path].items():
             print(path, name, json.dumps(row), flush=True)
     Path(args.out).write_text(json.dumps({"episodes": args.episodes, "readers": table}, indent=1) + "\n")

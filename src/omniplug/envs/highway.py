@@ -130,7 +130,6 @@ class HighwayEnv(Environment):
         self.policy_hz = decisions_per_second if actions == "meta" else 5
         self.state_kind = state
         self.view_ahead, self.view_behind = (1.0 - centering) * view_metres, centering * view_metres  # metres
-        self._view_metres, self._centering = float(view_metres), float(centering)
         self._horizon = 1.0 / self.policy_hz + 1.0  # seconds a lane change must leave room for
         config = {
             "observation": {"type": "Kinematics", "vehicles_count": 5, "features": ["presence", "x", "y", "vx", "vy"],
@@ -209,8 +208,8 @@ class HighwayEnv(Environment):
         camera keeps the ego car at ``centering`` of the width, half the height)."""
         out = image.copy()
         height, width = out.shape[:2]
-        scale = width / self._view_metres
-        x, y = self._centering * width, height / 2
+        scale = width / (self.view_behind + self.view_ahead)  # px per metre
+        x, y = self.view_behind * scale, height / 2
         half_l, half_w = 2.5 * scale + 1, 1.0 * scale + 1  # highway-env's cars: 5 m x 2 m
         x0, x1 = int(np.clip(round(x - half_l), 0, width - 1)), int(np.clip(round(x + half_l), 0, width - 1))
         y0, y1 = int(np.clip(round(y - half_w), 0, height - 1)), int(np.clip(round(y + half_w), 0, height - 1))
